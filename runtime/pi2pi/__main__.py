@@ -1,0 +1,3 @@
+from pi2pi.cli import main
+
+raise SystemExit(main())

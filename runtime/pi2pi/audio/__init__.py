@@ -1,0 +1,1 @@
+"""The audio wing: ALSA I/O, Opus codec, jitter buffer, talk, listen."""

@@ -1,0 +1,103 @@
+"""One versioned stats schema for every pi2pi program.
+
+A program's stats are a flat JSON object: the common fields below plus the
+program's own counters. It is written once, when the program stops, however it
+stops, atomically (temp file + rename) so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+SCHEMA = "pi2pi.stats/1"
+COMMON_FIELDS = ("schema", "program", "host", "started", "ended", "duration_s", "reason")
+
+
+def iso_utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def percentiles(samples: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> Dict[str, Optional[float]]:
+    """Nearest-rank percentiles, rounded to 0.01; None when there are no samples."""
+    if not samples:
+        return {f"p{p}": None for p in points}
+    ordered = sorted(samples)
+    out: Dict[str, Optional[float]] = {}
+    for p in points:
+        rank = max(1, -(-p * len(ordered) // 100))  # ceil without floats
+        out[f"p{p}"] = round(ordered[rank - 1], 2)
+    return out
+
+
+class Samples:
+    """A bounded reservoir of measurements (ms), so a 3-hour call keeps its memory flat."""
+
+    def __init__(self, limit: int = 20000) -> None:
+        self.limit = limit
+        self.values: List[float] = []
+        self.seen = 0
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.limit:
+            self.values.append(value)
+        else:  # keep a uniform sample of everything seen (reservoir sampling)
+            slot = int.from_bytes(os.urandom(4), "little") % self.seen
+            if slot < self.limit:
+                self.values[slot] = value
+
+    def summary(self) -> Dict[str, Optional[float]]:
+        return percentiles(self.values)
+
+
+def build(program: str, started: float, ended: float, reason: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+    record: Dict[str, Any] = {
+        "schema": SCHEMA,
+        "program": program,
+        "host": socket.gethostname(),
+        "started": iso_utc(started),
+        "ended": iso_utc(ended),
+        "duration_s": round(ended - started, 3),
+        "reason": reason,
+    }
+    for key, value in fields.items():
+        if key in COMMON_FIELDS:
+            raise ValueError(f"stats field {key!r} is reserved")
+        record[key] = value
+    return record
+
+
+def write(directory: Path, record: Dict[str, Any]) -> Path:
+    """Write DIR/<program>.json atomically and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{record['program']}.json"
+    fd, tmp = tempfile.mkstemp(prefix=f".{record['program']}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_dir(directory: Path) -> List[Dict[str, Any]]:
+    """Every stats record in DIR, skipping files of another schema."""
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("schema") == SCHEMA:
+            records.append(record)
+    return records
