@@ -1,0 +1,60 @@
+"""Settings precedence and the errors a user sees for a bad config."""
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from pi2pi import config
+
+
+@dataclass
+class DemoSettings(config.Common):
+    fps: int = 15
+    quality: float = 75.0
+    mirror: bool = False
+    device: Optional[str] = None
+
+
+def parser_from(text: str, tmp_path):
+    path = tmp_path / "pi2pi.conf"
+    path.write_text(text)
+    return config.load(str(path))
+
+
+def test_defaults_then_file_then_flags(tmp_path):
+    parser = parser_from("[demo]\nfps = 30\nmirror = yes\ndevice = hw:1\n", tmp_path)
+    settings = config.build(DemoSettings, "demo", parser, {"quality": 50.0, "fps": None})
+    assert (settings.fps, settings.quality, settings.mirror, settings.device) == (30, 50.0, True, "hw:1")
+    assert settings.duration == 3 * 3600.0  # the seed's camera stopped itself after 3 hours
+
+
+def test_flag_connect_clears_listen_from_file(tmp_path):
+    parser = parser_from("[demo]\nlisten = 5010\n", tmp_path)
+    settings = config.build(DemoSettings, "demo", parser, {"connect": "gw:5010"})
+    assert settings.connect == "gw:5010" and settings.listen is None
+
+
+@pytest.mark.parametrize("line, message", [
+    ("fps = fast", "demo.fps: 'fast' is not a valid int"),
+    ("mirror = maybe", "demo.mirror: 'maybe' is not a valid bool"),
+    ("fsp = 3", "unknown setting demo.fsp"),
+])
+def test_bad_values_name_the_setting(tmp_path, line, message):
+    parser = parser_from(f"[demo]\n{line}\n", tmp_path)
+    with pytest.raises(config.ConfigError, match=message):
+        config.build(DemoSettings, "demo", parser, {})
+
+
+def test_named_config_must_exist_default_may_not(tmp_path, monkeypatch):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(str(tmp_path / "missing.conf"))
+    monkeypatch.delenv(config.ENV_PATH, raising=False)
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
+    assert config.load(None).sections() == []
+
+
+def test_broken_file_is_a_config_error(tmp_path):
+    path = tmp_path / "broken.conf"
+    path.write_text("fps = 3\n")  # no section header
+    with pytest.raises(config.ConfigError, match="broken.conf"):
+        config.load(str(path))

@@ -1,0 +1,60 @@
+"""The stats schema, the atomic write, and stats written however a run ends."""
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+from pi2pi import stats
+from pi2pi.lifecycle import ProgramRun
+
+
+def test_percentiles_nearest_rank():
+    assert stats.percentiles(list(range(1, 101))) == {"p50": 50, "p95": 95, "p99": 99}
+    assert stats.percentiles([]) == {"p50": None, "p95": None, "p99": None}
+
+
+def test_samples_stay_bounded_and_representative():
+    samples = stats.Samples(limit=1000)
+    for i in range(100_000):
+        samples.add(float(i % 100))
+    assert len(samples.values) == 1000 and samples.seen == 100_000
+    assert 40 <= samples.summary()["p50"] <= 60
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    record = stats.build("camera", 100.0, 160.5, "duration reached", {"frames": 900})
+    path = stats.write(tmp_path, record)
+    assert path == tmp_path / "camera.json"
+    assert json.loads(path.read_text()) == record
+    assert record["schema"] == stats.SCHEMA and record["duration_s"] == 60.5
+    assert sorted(os.listdir(tmp_path)) == ["camera.json"]
+    assert stats.read_dir(tmp_path) == [record]
+
+
+def test_reserved_fields_are_refused():
+    with pytest.raises(ValueError):
+        stats.build("camera", 0, 1, "x", {"reason": "mine"})
+
+
+def test_stats_written_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ProgramRun("talk", tmp_path, 0, lambda: {"packets": 3}):
+            raise RuntimeError("device vanished")
+    record = json.loads((tmp_path / "talk.json").read_text())
+    assert record["reason"] == "error: device vanished" and record["packets"] == 3
+
+
+def test_sigterm_ends_the_run_and_is_the_reason(tmp_path):
+    with ProgramRun("listen", tmp_path, 0, lambda: {}) as run:
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        assert run.stop.wait(5)
+    assert json.loads((tmp_path / "listen.json").read_text())["reason"] == "signal SIGTERM"
+
+
+def test_duration_ends_the_run(tmp_path):
+    with ProgramRun("camera", tmp_path, 0.05, lambda: {}) as run:
+        while not run.should_stop():
+            run.stop.wait(0.01)
+    assert json.loads((tmp_path / "camera.json").read_text())["reason"] == "duration reached"
