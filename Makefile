@@ -5,11 +5,11 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 LAB   := $(PY) -m tests.lab
 
-.PHONY: help setup test test-unit test-lab test-hw lint demo lab-up lab-down lab-shell bench-video bench-audio lock
+.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio lock
 
 help:
 	@echo "make setup        Debian packages + .venv (every other target runs it)"
-	@echo "make test         all tests: lint, unit, lab, hardware lab (CI runs this)"
+	@echo "make test         all tests: unit, lint, media, lab, hardware lab (CI runs this)"
 	@echo "make demo         the lab end to end: provision, call, hang up, stats"
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark"
@@ -17,17 +17,11 @@ help:
 setup:
 	@scripts/setup.sh
 
-test: setup lint test-unit test-lab test-hw
+# The README's test command. Host tests (unit, lint, media, lab) then the VM.
+test: test-host test-hw
 
-lint: setup
-	$(VENV)/bin/vermin --no-tips --violations -t=3.9- --eval-annotations --backport dataclasses runtime/pi2pi
-	$(VENV)/bin/pytest -q tests/unit/test_python39.py
-
-test-unit: setup
-	$(VENV)/bin/pytest -q tests/unit
-
-test-lab: setup
-	$(VENV)/bin/pytest -q tests/lab
+test-host: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-hw: setup
 	tests/hw/run
