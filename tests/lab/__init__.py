@@ -1,0 +1,1 @@
+"""The namespaced lab: see lab.py."""

@@ -1,0 +1,780 @@
+"""The namespaced lab: the seed's whole topology on one machine, with real packets.
+
+    natpi 192.168.1.13 ── isp 192.168.1.1 | 198.51.100.30 (MASQUERADE, lets nothing in)
+                                                  │
+                                 inet (a bridge: "the Internet") ── stranger 198.51.100.66
+                                                  │
+    gwpi 10.0.0.2 ─────── gw 10.0.0.1 | 198.51.100.243 (admin sshd on :2222)
+
+Each host is a network namespace (`ip netns`, named pi2pi-HOST) plus a holder
+process that owns the host's private mount, UTS and PID namespaces. In the
+mount namespace /etc, /var, /home, /root, /opt and /usr/local are overlayfs
+layers over the machine's own (upper layers under the state dir), and /run,
+/tmp, /sys and /proc are the host's own. So each host has its own users, sshd,
+host keys and installed files, `pkill` on one host cannot touch another, and
+the machine's own /etc is never written. The mounts exist only inside the
+holders' mount namespaces: they vanish with the holders.
+
+    lab = Lab()
+    lab.up()                                  # tears leftovers down first
+    lab.run("natpi", "ssh -p 2222 admin@198.51.100.243 hostname", user="pi")
+    lab.down()                                # leaves nothing behind
+
+One lab exists per machine at a time (the namespace names are fixed). A
+machine-wide lock (/run/pi2pi-lab.lock, held by the holders) makes a second
+test session wait for the first one's lab to go down instead of destroying it;
+a lab left up by `python -m tests.lab up`, or by a crashed run, is torn down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+log = logging.getLogger("pi2pi.lab")
+
+PREFIX = "pi2pi-"
+HOSTS = ("natpi", "isp", "inet", "gw", "gwpi", "stranger")
+ADDR = {
+    "natpi": "192.168.1.13",
+    "isp_lan": "192.168.1.1",
+    "natpi_public": "198.51.100.30",
+    "gw_public": "198.51.100.243",
+    "gw_lan": "10.0.0.1",
+    "gwpi": "10.0.0.2",
+    "stranger": "198.51.100.66",
+    "gw_ssh_port": 2222,
+}
+INTERNET = ipaddress.ip_network("198.51.100.0/24")
+OVERLAY_DIRS = ("etc", "var", "home", "root", "opt", "usr/local")
+DEFAULT_STATE_DIR = Path("/var/tmp/pi2pi-lab")
+LOCK_PATH = Path("/run/pi2pi-lab.lock")
+OWNER_PATH = Path("/run/pi2pi-lab.owner")
+STATE_MARK = ".pi2pi-lab"  # only a directory holding this file is ever removed
+CONTROLLER_KEY = "/home/pi/.ssh/id_ed25519"
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+UP_TIMEOUT = 30.0
+
+Command = Union[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Login:
+    """The administrator account and sshd of a host that has one."""
+
+    user: str
+    sshd_listen: str  # sshd's ListenAddress line
+
+
+LOGINS: Dict[str, Login] = {
+    "natpi": Login("pi", "0.0.0.0:22"),
+    "gwpi": Login("pi", "0.0.0.0:22"),
+    "gw": Login("admin", f"{ADDR['gw_public']}:{ADDR['gw_ssh_port']}"),
+}
+
+# veth pairs: (host, interface, host, interface). The uplink of every host is eth0.
+LINKS = (
+    ("natpi", "eth0", "isp", "eth1"),
+    ("isp", "eth0", "inet", "isp"),
+    ("gw", "eth0", "inet", "gw"),
+    ("stranger", "eth0", "inet", "stranger"),
+    ("gwpi", "eth0", "gw", "eth1"),
+)
+
+# (host, interface, address/prefix), default routes, ip_forward
+ADDRESSES = (
+    ("natpi", "eth0", f"{ADDR['natpi']}/24"),
+    ("isp", "eth1", f"{ADDR['isp_lan']}/24"),
+    ("isp", "eth0", f"{ADDR['natpi_public']}/24"),
+    ("gw", "eth0", f"{ADDR['gw_public']}/24"),
+    ("gw", "eth1", f"{ADDR['gw_lan']}/24"),
+    ("gwpi", "eth0", f"{ADDR['gwpi']}/24"),
+    ("stranger", "eth0", f"{ADDR['stranger']}/24"),
+)
+DEFAULT_ROUTES = (("natpi", ADDR["isp_lan"]), ("gwpi", ADDR["gw_lan"]))
+FORWARDING = {"isp": 1, "gw": 0}  # the gateway starts with forwarding off
+
+# The ISP's router: MASQUERADE its customers, let nothing in.
+ISP_RULES = """\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 192.168.1.0/24 -o eth0 -j MASQUERADE
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A INPUT -i eth1 -j ACCEPT
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A FORWARD -i eth1 -o eth0 -j ACCEPT
+COMMIT
+"""
+
+# The gateway's owner's rules, in place before pi2pi arrives: pi2pi must keep them.
+GW_RULES = """\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i eth0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.9:80
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+-A INPUT -p icmp -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT
+-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+COMMIT
+"""
+FIREWALLS = {"isp": ISP_RULES, "gw": GW_RULES}
+
+# Runs as PID 1 of a new PID namespace, inside the host's new mount and UTS
+# namespaces: mounts the host's own file system view, reports ready, then
+# stays as the namespace's init (reaping orphans, such as daemonised sshd).
+HOLDER_SCRIPT = r"""
+set -eu
+state=$1 host=$2 hide=$3
+hostname "$host"
+# Relative layer paths, from a cwd taken before any overlay: the state dir may
+# lie under an overlaid dir, and an upper layer must not be reached through one.
+cd "$state"
+for d in etc var home root opt usr/local; do
+    mount -t overlay "pi2pi-$host" -o "lowerdir=/$d,upperdir=upper/$d,workdir=work/$d" "/$d"
+done
+cd /
+mount -t tmpfs -o mode=0755,nosuid,nodev "pi2pi-$host" /run
+mount -t tmpfs -o mode=1777,nosuid,nodev "pi2pi-$host" /tmp
+mount -t sysfs "pi2pi-$host" /sys
+mount -t proc "pi2pi-$host" /proc
+# The overlays' upper layers live under the state dir: hide it inside the host.
+if [ -n "$hide" ]; then mount -t tmpfs -o mode=0700,size=64k "pi2pi-$host" "$hide"; fi
+mkdir -p /run/sshd /run/lock
+exec -a "pi2pi-lab-holder-$host" python3 -c '
+import os, signal
+def reap(*_):
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+signal.signal(signal.SIGCHLD, reap)
+reap()
+print("ready", flush=True)
+while True:
+    signal.pause()
+'
+"""
+
+# Makes a host look like a freshly installed machine whose administrator set up
+# ssh: its own host key, a user with passwordless sudo, sshd running.
+HOST_SETUP_SCRIPT = r"""
+set -eu
+host=$(hostname)
+echo "$host" > /etc/hostname
+printf '127.0.1.1\t%s\n' "$host" >> /etc/hosts
+if [ -n "${LAB_FIREWALL:-}" ]; then printf '%s' "$LAB_FIREWALL" | iptables-restore; fi
+[ -n "${LAB_USER:-}" ] || exit 0
+useradd --create-home --shell /bin/bash --password '*' "$LAB_USER"
+printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$LAB_USER" > "/etc/sudoers.d/pi2pi-lab-$LAB_USER"
+chmod 0440 "/etc/sudoers.d/pi2pi-lab-$LAB_USER"
+home=$(getent passwd "$LAB_USER" | cut -d: -f6)
+install -d -m 0700 -o "$LAB_USER" -g "$LAB_USER" "$home/.ssh"
+# The machine's host keys must not be shared by every host.
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -t ed25519 -N '' -C "root@$host" -f /etc/ssh/ssh_host_ed25519_key
+cat > /etc/ssh/sshd_config.d/00-pi2pi-lab.conf <<EOF
+# The lab's sshd on $host (tests/lab/lab.py): this host's own key and address.
+ListenAddress $LAB_SSHD_LISTEN
+HostKey /etc/ssh/ssh_host_ed25519_key
+EOF
+/usr/sbin/sshd -t
+/usr/sbin/sshd
+"""
+
+
+class LabError(RuntimeError):
+    """The lab cannot be built or used; the message says why."""
+
+
+class LabCommandError(subprocess.CalledProcessError):
+    """A command in a lab host failed; str() shows where, and what it printed."""
+
+    def __init__(self, host: str, user: str, returncode: int, cmd: Command,
+                 output: str, stderr: str) -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        self.host = host
+        self.user = user
+
+    def __str__(self) -> str:
+        cmd = self.cmd if isinstance(self.cmd, str) else shlex.join(self.cmd)
+        text = f"{self.user}@{self.host}: `{cmd}` exited {self.returncode}"
+        for name, stream in (("stdout", self.output), ("stderr", self.stderr)):
+            if stream and stream.strip():
+                text += f"\n--- {name}:\n{stream.strip()[-2000:]}"
+        return text
+
+
+class LabProcess(subprocess.Popen):
+    """A process started in a lab host.
+
+    Its pid is nsenter's, which forks into the host's PID namespace, so signals
+    go to the whole process group: killing it kills the command too.
+    """
+
+    def send_signal(self, sig: int) -> None:
+        self.poll()
+        if self.returncode is not None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user as seen inside one host (its own /etc/passwd)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+class Lab:
+    """The lab. See the module docstring; the names here are the shared contract."""
+
+    def __init__(self, state_dir: Optional[Union[str, Path]] = None, *,
+                 persistent: bool = False) -> None:
+        # persistent: the lab outlives this process (the command line's `up`);
+        # otherwise it is torn down when this process exits, whatever ends it.
+        self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).absolute()
+        self.persistent = persistent
+        self.natpi_public = ADDR["natpi_public"]
+        self._holders: Dict[str, int] = {}
+        self._holder_procs: List[subprocess.Popen] = []
+        self._lock_fd: Optional[int] = None
+        self._atexit_registered = False
+
+    # ----- life cycle -------------------------------------------------------------
+
+    def up(self, wait: float = 900.0) -> None:
+        """Build the lab, after tearing down what an earlier run left.
+
+        If another live test session owns the lab, wait up to `wait` seconds for
+        it to go down rather than pull it from under that session.
+        """
+        _require_root()
+        started = time.monotonic()
+        self._acquire(wait)
+        try:
+            if not self.persistent and not self._atexit_registered:
+                atexit.register(self.down)
+                self._atexit_registered = True
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        log.info("lab up in %.1f s", time.monotonic() - started)
+
+    def down(self) -> None:
+        """Remove every namespace, process, mount and file the lab made."""
+        _require_root()
+        started = time.monotonic()
+        owner = _read_owner()
+        self._teardown()
+        dirs = {self.state_dir}
+        if owner.get("state_dir"):
+            dirs.add(Path(owner["state_dir"]))
+        for path in dirs:
+            _remove_state_dir(path)
+        if self._lock_fd is not None:
+            if owner.get("pid") == os.getpid():
+                _unlink_quietly(OWNER_PATH)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        elif owner and not _pid_alive(owner.get("pid", 0)):
+            _unlink_quietly(OWNER_PATH)
+        if self._atexit_registered:
+            atexit.unregister(self.down)
+            self._atexit_registered = False
+        self.natpi_public = ADDR["natpi_public"]
+        log.info("lab down in %.1f s", time.monotonic() - started)
+
+    def status(self) -> Dict[str, Dict[str, object]]:
+        """Per host: does its namespace exist, its holder pid, what listens on TCP."""
+        present = set(_lab_netns())
+        report: Dict[str, Dict[str, object]] = {}
+        for host in HOSTS:
+            pid = self._find_holder(host)
+            entry: Dict[str, object] = {"netns": PREFIX + host in present, "holder": pid}
+            if pid:
+                ss = self.run(host, "ss -Hltn", check=False, timeout=10)
+                entry["listening"] = sorted({line.split()[3] for line in ss.stdout.splitlines()
+                                             if len(line.split()) > 3})
+            report[host] = entry
+        return report
+
+    # ----- commands in hosts ------------------------------------------------------
+
+    def run(self, host: str, cmd: Command, user: str = "root", check: bool = True,
+            timeout: Optional[float] = 60, input: Optional[str] = None,
+            env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
+        """Run cmd (a str for bash -c, or an argv list) as user in host; text mode."""
+        argv, full_env = self._command(host, cmd, user, env)
+        proc = LabProcess(argv, env=full_env, text=True, start_new_session=True,
+                          stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout or 0, out, err) from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if check and proc.returncode != 0:
+            raise LabCommandError(host, user, proc.returncode, cmd, out, err)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    def popen(self, host: str, cmd: Command, user: str = "root",
+              **popen_kwargs: object) -> LabProcess:
+        """Start cmd as user in host; kill()/terminate() reach the command itself."""
+        env = popen_kwargs.pop("env", None)
+        argv, full_env = self._command(host, cmd, user, env)  # type: ignore[arg-type]
+        popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
+        popen_kwargs["start_new_session"] = True
+        return LabProcess(argv, env=full_env, **popen_kwargs)  # type: ignore[arg-type]
+
+    def account(self, host: str, user: str) -> Account:
+        """The user's entry in the host's own /etc/passwd."""
+        passwd = self._host_path(host, "/etc/passwd").read_text()
+        for line in passwd.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 7 and fields[0] == user:
+                return Account(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6])
+        raise LabError(f"no user {user!r} on {host}")
+
+    # ----- faults -----------------------------------------------------------------
+
+    def set_link(self, host: str, up: bool) -> None:
+        """Take the host's eth0 (natpi's uplink) down or up."""
+        self._ip(host, "link", "set", "eth0", "up" if up else "down")
+
+    def netem(self, host: str, spec: Optional[str]) -> None:
+        """Shape what leaves the host's eth0 with netem ("delay 50ms 10ms loss 1%"); None removes it."""
+        netns = self._netns(host)
+        if spec is None:
+            subprocess.run(["tc", "-netns", netns, "qdisc", "del", "dev", "eth0", "root"],
+                           capture_output=True, text=True)  # none in place is fine
+            return
+        _check(["tc", "-netns", netns, "qdisc", "replace", "dev", "eth0", "root", "netem",
+                *shlex.split(spec)])
+
+    def set_natpi_public(self, addr: str) -> None:
+        """Give the ISP's WAN (natpi's public address) a new address on the Internet segment."""
+        address = ipaddress.ip_address(addr.split("/")[0])
+        if address not in INTERNET or address in (INTERNET.network_address,
+                                                  INTERNET.broadcast_address):
+            raise LabError(f"natpi's public address must be a host of {INTERNET}, not {addr}")
+        # MASQUERADE follows the interface's address; removing the old one drops
+        # the connections translated to it, as a real address change does.
+        self._ip("isp", "addr", "flush", "dev", "eth0")
+        self._ip("isp", "addr", "add", f"{address}/{INTERNET.prefixlen}", "dev", "eth0")
+        self.natpi_public = str(address)
+
+    # ----- building ---------------------------------------------------------------
+
+    def _build(self) -> None:
+        self._teardown()  # leftovers of a crashed or persistent earlier lab
+        _remove_state_dir(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_MARK).write_text("pi2pi lab state; removed by `python -m tests.lab down`\n")
+        _write_owner(self.state_dir, self.persistent)
+        self._wire()
+        self._start_holders()
+        self._setup_hosts()
+        self._seed_ssh()
+
+    def _wire(self) -> None:
+        for host in HOSTS:
+            _check(["ip", "netns", "add", self._netns(host)])
+            self._ip(host, "link", "set", "lo", "up")
+            _sysctl(self._netns(host), "net.ipv4.ip_forward", FORWARDING.get(host, 0))
+        self._ip("inet", "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+        self._ip("inet", "link", "set", "br0", "up")
+        for a, a_if, b, b_if in LINKS:
+            _check(["ip", "link", "add", a_if, "netns", self._netns(a), "type", "veth",
+                    "peer", "name", b_if, "netns", self._netns(b)])
+            self._ip(a, "link", "set", a_if, "up")
+            self._ip(b, "link", "set", b_if, "up")
+            if b == "inet":
+                self._ip("inet", "link", "set", b_if, "master", "br0")
+        for host, ifname, cidr in ADDRESSES:
+            self._ip(host, "addr", "add", cidr, "dev", ifname)
+        for host, via in DEFAULT_ROUTES:
+            self._ip(host, "route", "add", "default", "via", via)
+
+    def _start_holders(self) -> None:
+        starting = {}
+        for host in HOSTS:
+            host_dir = self.state_dir / "hosts" / host
+            for d in OVERLAY_DIRS:
+                (host_dir / "upper" / d).mkdir(parents=True, exist_ok=True)
+                (host_dir / "work" / d).mkdir(parents=True, exist_ok=True)
+            argv = ["nsenter", f"--net=/run/netns/{self._netns(host)}", "--",
+                    "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+                    "--propagation", "private", "--",
+                    "bash", "-c", HOLDER_SCRIPT, "pi2pi-lab-holder",
+                    str(host_dir), host, self._hidden_state_dir()]
+            with open(host_dir / "holder.log", "wb") as log_file:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=log_file, start_new_session=True,
+                                        pass_fds=(self._lock_fd,) if self._lock_fd is not None else ())
+            self._holder_procs.append(proc)
+            starting[host] = proc
+        for host, proc in starting.items():
+            assert proc.stdout is not None
+            line = _readline(proc.stdout, UP_TIMEOUT)
+            proc.stdout.close()
+            if line.strip() != b"ready":
+                log_text = (self.state_dir / "hosts" / host / "holder.log").read_text(errors="replace")
+                raise LabError(f"{host}: the namespace holder did not start:\n{log_text}")
+            pid = _only_child(proc.pid)
+            self._holders[host] = pid
+            (self.state_dir / "hosts" / host / "holder.pid").write_text(f"{pid}\n")
+
+    def _setup_hosts(self) -> None:
+        errors: List[BaseException] = []
+
+        def setup(host: str) -> None:
+            env = {}
+            if host in FIREWALLS:
+                env["LAB_FIREWALL"] = FIREWALLS[host]
+            if host in LOGINS:
+                env["LAB_USER"] = LOGINS[host].user
+                env["LAB_SSHD_LISTEN"] = LOGINS[host].sshd_listen
+            try:
+                self.run(host, HOST_SETUP_SCRIPT, env=env, timeout=UP_TIMEOUT)
+            except BaseException as exc:  # reported below, from the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=setup, args=(host,)) for host in HOSTS]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        deadline = time.monotonic() + UP_TIMEOUT
+        for host in LOGINS:
+            while not self._host_path(host, "/run/sshd.pid").exists():
+                if time.monotonic() > deadline:
+                    raise LabError(f"{host}: sshd did not start")
+                time.sleep(0.02)
+
+    def _seed_ssh(self) -> None:
+        """What the administrator did before any Ansible run: the controller's key
+        (natpi's pi) authorized on every host, its known_hosts seeded."""
+        self.run("natpi", ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pi@natpi",
+                           "-f", CONTROLLER_KEY], user="pi")
+        controller = self._host_path("natpi", CONTROLLER_KEY + ".pub").read_text()
+        for host, login in LOGINS.items():
+            self.run(host, "umask 077; cat >> ~/.ssh/authorized_keys", user=login.user,
+                     input=controller)
+        key = {host: self._host_path(host, HOST_KEY + ".pub").read_text().split()[:2]
+               for host in LOGINS}
+        known = [
+            f"[{ADDR['gw_public']}]:{ADDR['gw_ssh_port']} {' '.join(key['gw'])}",
+            f"{ADDR['gwpi']} {' '.join(key['gwpi'])}",
+            f"{ADDR['natpi']},localhost {' '.join(key['natpi'])}",
+        ]
+        self.run("natpi", "umask 077; cat >> ~/.ssh/known_hosts", user="pi",
+                 input="\n".join(known) + "\n")
+
+    # ----- teardown ---------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        names = _lab_netns()
+        deadline = time.monotonic() + 10
+        while True:
+            pids = _netns_pids(names)
+            pids.update(pid for pid in self._holders.values() if _pid_alive(pid))
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"lab processes will not die: {sorted(pids)}")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._reap_holders()
+            time.sleep(0.05)
+        self._reap_holders()
+        self._holders.clear()
+        for name in names:
+            result = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
+            if result.returncode != 0 and os.path.exists(f"/run/netns/{name}"):
+                raise LabError(f"cannot delete netns {name}: {result.stderr.strip()}")
+
+    def _reap_holders(self) -> None:
+        for proc in list(self._holder_procs):
+            if proc.poll() is not None:
+                self._holder_procs.remove(proc)
+
+    # ----- helpers ----------------------------------------------------------------
+
+    def _acquire(self, wait: float) -> None:
+        if self._lock_fd is not None:
+            raise LabError("this lab is already up; call down() first")
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            owner = _read_owner()
+            pid = owner.get("pid", 0)
+            if pid == os.getpid():
+                os.close(fd)
+                raise LabError("another Lab object of this process has the lab up; down() it first")
+            if _pid_alive(pid) and not owner.get("persistent"):
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LabError(f"the lab is in use by process {pid}; gave up after {wait:.0f} s")
+                if not told:
+                    log.warning("the lab is in use by process %s (another test session); waiting", pid)
+                    told = True
+                time.sleep(0.5)
+            else:
+                # Left up by `python -m tests.lab up` or by a run that crashed:
+                # its holders keep the lock until they are gone.
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LabError(f"{LOCK_PATH} stays locked after tearing the lab down")
+                log.info("tearing down a lab left up by process %s", pid or "?")
+                self._teardown()
+                time.sleep(0.05)
+        self._lock_fd = fd
+
+    def _hidden_state_dir(self) -> str:
+        for d in OVERLAY_DIRS:
+            if self.state_dir.is_relative_to("/" + d):
+                return str(self.state_dir)
+        return ""
+
+    @staticmethod
+    def _netns(host: str) -> str:
+        if host not in HOSTS:
+            raise LabError(f"no host {host!r} in the lab (hosts: {', '.join(HOSTS)})")
+        return PREFIX + host
+
+    def _ip(self, host: str, *args: str) -> None:
+        _check(["ip", "-n", self._netns(host), *args])
+
+    def _find_holder(self, host: str) -> Optional[int]:
+        pid = self._holders.get(host)
+        if pid is None:
+            try:
+                pid = int((self.state_dir / "hosts" / host / "holder.pid").read_text())
+            except (OSError, ValueError):
+                return None
+        # The pid must still be this host's holder, not a recycled number.
+        netns = f"/run/netns/{self._netns(host)}"
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat(netns).st_ino:
+                return None
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"pi2pi-lab-holder"):
+                return None
+        except OSError:
+            return None
+        self._holders[host] = pid
+        return pid
+
+    def _holder(self, host: str) -> int:
+        self._netns(host)
+        pid = self._find_holder(host)
+        if pid is None:
+            raise LabError(f"the lab is not up ({host} has no holder); run `python -m tests.lab up`")
+        return pid
+
+    def _host_path(self, host: str, path: str) -> Path:
+        """A path inside the host's file system view, seen from the machine."""
+        return Path(f"/proc/{self._holder(host)}/root") / path.lstrip("/")
+
+    def _command(self, host: str, cmd: Command, user: str,
+                 env: Optional[Mapping[str, str]]) -> "tuple[List[str], Dict[str, str]]":
+        pid = self._holder(host)
+        account = self.account(host, user)
+        home = account.home if self._host_path(host, account.home).is_dir() else "/"
+        argv = ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", f"--wdns={home}", "--",
+                "setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups",
+                "--"]
+        argv += ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        path = ("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" if account.uid == 0
+                else "/usr/local/bin:/usr/bin:/bin")
+        full_env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
+                    "SHELL": account.shell or "/bin/sh", "PATH": path, "LANG": "C.UTF-8"}
+        if "TERM" in os.environ:
+            full_env["TERM"] = os.environ["TERM"]
+        full_env.update(env or {})
+        return argv, full_env
+
+    def shell_argv(self, host: str, user: str = "root") -> "tuple[List[str], Dict[str, str]]":
+        """argv and environment of an interactive login shell in host (for the command line)."""
+        argv, env = self._command(host, ["bash", "--login"], user, None)
+        return argv, env
+
+
+# ----- module helpers ---------------------------------------------------------------
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network and mount namespaces, iptables)")
+
+
+def _check(argv: List[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"`{shlex.join(argv)}` failed: {result.stderr.strip()}")
+
+
+def _sysctl(netns: str, key: str, value: int) -> None:
+    # /proc/sys/net shows the network namespace of whoever opens it.
+    _check(["nsenter", f"--net=/run/netns/{netns}", "--", "sysctl", "-q", "-w", f"{key}={value}"])
+
+
+def _lab_netns() -> List[str]:
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def _netns_pids(names: List[str]) -> set:
+    """Every process in one of the named network namespaces (as `ip netns pids`)."""
+    inodes = set()
+    for name in names:
+        try:
+            inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+        except OSError:
+            pass
+    pids = set()
+    if not inodes:
+        return pids
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes and not _zombie(int(entry)):
+                pids.add(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _pid_alive(pid: int) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _only_child(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if len(children) != 1:
+        raise LabError(f"expected one child of unshare {pid}, found {children}")
+    return int(children[0])
+
+
+def _readline(stream, timeout: float) -> bytes:
+    """One line from a pipe, or b'' if none comes within timeout."""
+    import select
+
+    fd = stream.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _read_owner() -> dict:
+    try:
+        return json.loads(OWNER_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_owner(state_dir: Path, persistent: bool) -> None:
+    OWNER_PATH.write_text(json.dumps({"pid": os.getpid(), "persistent": persistent,
+                                      "state_dir": str(state_dir)}) + "\n")
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _remove_state_dir(path: Path) -> None:
+    if not path.exists():
+        return
+    if not (path / STATE_MARK).exists():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+            return
+        raise LabError(f"{path} is not a lab state dir (no {STATE_MARK}); not removing it")
+    shutil.rmtree(path)
