@@ -21,7 +21,7 @@ holders' mount namespaces: they vanish with the holders.
     lab.down()                                # leaves nothing behind
 
 One lab exists per machine at a time (the namespace names are fixed). A
-machine-wide lock (/run/pi2pi-lab.lock, held by the holders) makes a second
+machine-wide lock (held by the holders) makes a second
 test session wait for the first one's lab to go down instead of destroying it;
 a lab left up by `python -m tests.lab up`, or by a crashed run, is torn down.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import ipaddress
 import json
 import logging
@@ -38,6 +37,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -62,12 +62,16 @@ ADDR = {
 INTERNET = ipaddress.ip_network("198.51.100.0/24")
 OVERLAY_DIRS = ("etc", "var", "home", "root", "opt", "usr/local")
 DEFAULT_STATE_DIR = Path("/var/tmp/pi2pi-lab")
-LOCK_PATH = Path("/run/pi2pi-lab.lock")
+# The lab's lock: an abstract unix socket name, bound while a lab exists (the
+# holders inherit the socket), so no lock file outlives the lab.
+LOCK_NAME = "\0pi2pi-lab"
 OWNER_PATH = Path("/run/pi2pi-lab.owner")
 STATE_MARK = ".pi2pi-lab"  # only a directory holding this file is ever removed
 CONTROLLER_KEY = "/home/pi/.ssh/id_ed25519"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 UP_TIMEOUT = 30.0
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+_ROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 Command = Union[str, Sequence[str]]
 
@@ -172,7 +176,7 @@ mount -t proc "pi2pi-$host" /proc
 # The overlays' upper layers live under the state dir: hide it inside the host.
 if [ -n "$hide" ]; then mount -t tmpfs -o mode=0700,size=64k "pi2pi-$host" "$hide"; fi
 mkdir -p /run/sshd /run/lock
-exec -a "pi2pi-lab-holder-$host" python3 -c '
+export LAB_REAPER='
 import os, signal
 def reap(*_):
     while True:
@@ -187,6 +191,7 @@ print("ready", flush=True)
 while True:
     signal.pause()
 '
+exec -a "pi2pi-lab-holder-$host" /usr/bin/python3 -c 'exec(__import__("os").environ.pop("LAB_REAPER"))'
 """
 
 # Makes a host look like a freshly installed machine whose administrator set up
@@ -278,7 +283,7 @@ class Lab:
         self.natpi_public = ADDR["natpi_public"]
         self._holders: Dict[str, int] = {}
         self._holder_procs: List[subprocess.Popen] = []
-        self._lock_fd: Optional[int] = None
+        self._lock: Optional[socket.socket] = None
         self._atexit_registered = False
 
     # ----- life cycle -------------------------------------------------------------
@@ -313,13 +318,10 @@ class Lab:
             dirs.add(Path(owner["state_dir"]))
         for path in dirs:
             _remove_state_dir(path)
-        if self._lock_fd is not None:
-            if owner.get("pid") == os.getpid():
-                _unlink_quietly(OWNER_PATH)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        elif owner and not _pid_alive(owner.get("pid", 0)):
-            _unlink_quietly(OWNER_PATH)
+        _unlink_quietly(OWNER_PATH)  # no lab left, so no owner
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         if self._atexit_registered:
             atexit.unregister(self.down)
             self._atexit_registered = False
@@ -417,7 +419,6 @@ class Lab:
         _remove_state_dir(self.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / STATE_MARK).write_text("pi2pi lab state; removed by `python -m tests.lab down`\n")
-        _write_owner(self.state_dir, self.persistent)
         self._wire()
         self._start_holders()
         self._setup_hosts()
@@ -444,6 +445,8 @@ class Lab:
 
     def _start_holders(self) -> None:
         starting = {}
+        script = self.state_dir / "holder.sh"
+        script.write_text(HOLDER_SCRIPT)
         for host in HOSTS:
             host_dir = self.state_dir / "hosts" / host
             for d in OVERLAY_DIRS:
@@ -452,12 +455,12 @@ class Lab:
             argv = ["nsenter", f"--net=/run/netns/{self._netns(host)}", "--",
                     "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
                     "--propagation", "private", "--",
-                    "bash", "-c", HOLDER_SCRIPT, "pi2pi-lab-holder",
-                    str(host_dir), host, self._hidden_state_dir()]
+                    "bash", str(script), str(host_dir), host, self._hidden_state_dir()]
             with open(host_dir / "holder.log", "wb") as log_file:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                proc = subprocess.Popen(argv, env=dict(_ROOT_ENV), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE,
                                         stderr=log_file, start_new_session=True,
-                                        pass_fds=(self._lock_fd,) if self._lock_fd is not None else ())
+                                        pass_fds=(self._lock.fileno(),) if self._lock else ())
             self._holder_procs.append(proc)
             starting[host] = proc
         for host, proc in starting.items():
@@ -553,26 +556,32 @@ class Lab:
     # ----- helpers ----------------------------------------------------------------
 
     def _acquire(self, wait: float) -> None:
-        if self._lock_fd is not None:
+        if self._lock is not None:
             raise LabError("this lab is already up; call down() first")
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + wait
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        started = time.monotonic()
+        deadline = started + wait
         told = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                lock.bind(LOCK_NAME)
                 break
-            except BlockingIOError:
-                pass
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    lock.close()
+                    raise
             owner = _read_owner()
             pid = owner.get("pid", 0)
+            if time.monotonic() > deadline:
+                lock.close()
+                raise LabError(f"the lab is in use by process {pid}; gave up after {wait:.0f} s")
+            if not owner and time.monotonic() < started + 1:
+                time.sleep(0.1)  # its owner is writing the owner file right now
+                continue
             if pid == os.getpid():
-                os.close(fd)
+                lock.close()
                 raise LabError("another Lab object of this process has the lab up; down() it first")
             if _pid_alive(pid) and not owner.get("persistent"):
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise LabError(f"the lab is in use by process {pid}; gave up after {wait:.0f} s")
                 if not told:
                     log.warning("the lab is in use by process %s (another test session); waiting", pid)
                     told = True
@@ -580,13 +589,11 @@ class Lab:
             else:
                 # Left up by `python -m tests.lab up` or by a run that crashed:
                 # its holders keep the lock until they are gone.
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise LabError(f"{LOCK_PATH} stays locked after tearing the lab down")
                 log.info("tearing down a lab left up by process %s", pid or "?")
                 self._teardown()
                 time.sleep(0.05)
-        self._lock_fd = fd
+        self._lock = lock
+        _write_owner(self.state_dir, self.persistent)
 
     def _hidden_state_dir(self) -> str:
         for d in OVERLAY_DIRS:
@@ -642,10 +649,12 @@ class Lab:
                 "setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups",
                 "--"]
         argv += ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        path = ("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" if account.uid == 0
-                else "/usr/local/bin:/usr/bin:/bin")
+        # A login's environment, as sshd would give it; never the caller's (a
+        # pyenv or venv PATH of the machine's user would leak into the host).
         full_env = {"HOME": account.home, "USER": account.name, "LOGNAME": account.name,
-                    "SHELL": account.shell or "/bin/sh", "PATH": path, "LANG": "C.UTF-8"}
+                    "SHELL": account.shell or "/bin/sh",
+                    "PATH": _ROOT_ENV["PATH"] if account.uid == 0 else USER_PATH,
+                    "LANG": "C.UTF-8"}
         if "TERM" in os.environ:
             full_env["TERM"] = os.environ["TERM"]
         full_env.update(env or {})

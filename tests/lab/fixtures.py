@@ -1,0 +1,46 @@
+"""pytest fixtures of the lab, registered by tests/conftest.py.
+
+`lab`: a fresh running lab for each test module that asks for it, always torn
+down: after the module, after a failure, on Ctrl-C or SIGTERM (the Lab also
+downs itself at interpreter exit). Tests that use it are marked `lab`, so
+`pytest -m "not lab"` leaves them out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Iterator
+
+import pytest
+
+from tests.lab.lab import Lab
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (a CI timeout, `kill`) takes the same way out as Ctrl-C.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network and mount namespaces, iptables): run the tests as root")
+    the_lab = Lab()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        the_lab.up()
+        yield the_lab
+    finally:
+        the_lab.down()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    for item in items:
+        if "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)
