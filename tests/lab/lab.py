@@ -387,8 +387,15 @@ class Lab:
     # ----- faults -----------------------------------------------------------------
 
     def set_link(self, host: str, up: bool) -> None:
-        """Take the host's eth0 (natpi's uplink) down or up."""
+        """Take the host's eth0 (natpi's uplink) down or up.
+
+        Down flushes the routes through it; up restores the default route too,
+        as the host's network configuration would.
+        """
         self._ip(host, "link", "set", "eth0", "up" if up else "down")
+        for routed, via in DEFAULT_ROUTES:
+            if up and routed == host:
+                self._ip(host, "route", "replace", "default", "via", via)
 
     def netem(self, host: str, spec: Optional[str]) -> None:
         """Shape what leaves the host's eth0 with netem ("delay 50ms 10ms loss 1%"); None removes it."""
