@@ -1,0 +1,259 @@
+"""Capture video (V4L2 or a test pattern), JPEG it and send it to the viewer.
+
+Two threads: the capture thread takes the newest frame from the source,
+encodes it (or passes a device's JPEG through) and leaves it in a one-frame
+slot; the sender thread takes whatever is newest there and writes it to the
+peer. A frame replaced in the slot before it was sent is dropped and counted:
+nothing queues. The sender also waits, before each frame, until the peer has
+acknowledged all but about one frame of what was sent, so a slow link drops
+frames here instead of filling the kernel's buffers with old ones.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from pi2pi import config, net, stats, wire
+from pi2pi.lifecycle import ProgramRun
+
+log = logging.getLogger(__name__)
+
+STREAM = "video"
+
+
+@dataclass
+class Settings(config.Common):
+    source: str = "testpattern"   # testpattern, /dev/videoN, or a raw I420 clip file (.yuv)
+    size: str = "640x480"
+    fps: float = 30.0             # 0: as fast as the source allows (test pattern or clip only)
+    quality: int = 75
+    label: Optional[str] = None   # the name the test pattern draws (default: this host's name)
+    max_frame: int = 4 << 20      # bytes; a bigger JPEG is not sent
+    stall: float = 5.0            # seconds a peer may leave a frame unacknowledged before we give up on it
+    buffers: int = 4              # V4L2 capture buffers
+    once: bool = False            # end when the first peer goes away (instead of waiting for the next)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    parser.add_argument("--source", default=S, help="testpattern, /dev/videoN, or a raw I420 clip (.yuv)")
+    parser.add_argument("--size", default=S, metavar="WxH", help="frame size (default 640x480)")
+    parser.add_argument("--fps", type=float, default=S, help="frames per second (default 30)")
+    parser.add_argument("--quality", type=int, default=S, metavar="Q", help="JPEG quality 1..100 (default 75)")
+    parser.add_argument("--label", default=S, metavar="NAME", help="name the test pattern draws (default: host name)")
+    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES")
+    parser.add_argument("--stall", type=float, default=S, metavar="SECONDS",
+                        help="give up on a peer that acknowledges nothing for this long (default 5)")
+    parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers (default 4)")
+    parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
+
+
+@dataclass
+class Encoded:
+    seq: int
+    stamp_us: int
+    payload: bytes
+
+
+class Counters:
+    """What the camera reports; written by two threads, each field by one of them."""
+
+    def __init__(self) -> None:
+        self.captured = 0
+        self.encoded = 0
+        self.frames = 0            # sent
+        self.dropped = 0           # captured while a peer was connected, never sent
+        self.corrupt = 0           # frames from the device that were not whole JPEGs
+        self.bytes = 0
+        self.encode_ms = stats.Samples()
+        self.latency_ms = stats.Samples()  # capture -> written to the socket
+        self.first_sent: Optional[float] = None
+        self.last_sent: Optional[float] = None
+        self.cpu_start: Optional[float] = None
+
+
+def check(settings: Settings) -> None:
+    if not (settings.connect or settings.listen):
+        raise config.ConfigError("camera: give --connect HOST:PORT or --listen [ADDR:]PORT")
+    if not 1 <= settings.quality <= 100:
+        raise config.ConfigError(f"quality {settings.quality}: want 1..100")
+    if settings.fps < 0 or settings.fps > 240:
+        raise config.ConfigError(f"fps {settings.fps}: want 0..240 (0: as fast as possible)")
+    if settings.fps == 0 and settings.source.startswith("/dev/"):
+        raise config.ConfigError("fps 0 (unpaced) is only for the test pattern or a clip; a camera needs a rate")
+    if not 1024 <= settings.max_frame <= 64 << 20:
+        raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
+
+
+def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, quality: int, run: ProgramRun) -> None:
+    from pi2pi.video.jpeg import Codec  # heavy: loaded when the camera runs
+
+    codec = Codec.open()
+    while not run.should_stop():
+        frame = source.read(run.stop)
+        if frame is None:
+            continue
+        counters.captured += 1
+        if frame.jpeg is not None:
+            payload = frame.jpeg
+        else:
+            started = time.perf_counter()
+            payload = codec.encode_yuv(frame.yuv, frame.width, frame.height, quality, frame.subsample)
+            counters.encode_ms.add((time.perf_counter() - started) * 1000)
+        counters.encoded += 1
+        if counters.cpu_start is None:
+            counters.cpu_start = time.process_time()
+        if len(payload) > sender.max_frame:
+            log.warning("frame %d is %d bytes, beyond max_frame %d: not sent", frame.seq, len(payload), sender.max_frame)
+            continue
+        if slot.put(Encoded(frame.seq, frame.stamp_us, payload)) and sender.connected:
+            counters.dropped += 1
+
+
+class Sender:
+    """The peer side: connect or accept, then send the newest frame, again and again."""
+
+    def __init__(self, link: Any, slot: Any, counters: Counters, run: ProgramRun, settings: Settings) -> None:
+        self.link = link
+        self.slot = slot
+        self.counters = counters
+        self.run = run
+        self.max_frame = settings.max_frame
+        self.stall_s = settings.stall
+        self.once = settings.once
+        self.connected = False
+
+    def loop(self) -> None:
+        while not self.run.stop.is_set():
+            sock = self.link.next_peer(self.run.stop)
+            if sock is None:
+                break
+            self.slot.clear()  # whatever waited there is older than this peer
+            self.connected = True
+            try:
+                reason = self.serve(sock)
+            finally:
+                self.connected = False
+                sock.close()
+            if reason:
+                log.warning("peer gone: %s", reason)
+                if self.once:
+                    self.run.end("peer gone")
+                    break
+
+    def serve(self, sock: socket.socket) -> Optional[str]:
+        """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
+        from pi2pi.video.link import peer_hung_up, unacked_bytes
+
+        counters = self.counters
+        while not self.run.stop.is_set():
+            item = self.slot.take(0.2)
+            self.link.refuse_others()
+            if item is None:
+                if peer_hung_up(sock):
+                    return "the peer closed the connection"
+                continue
+            # Wait until the peer holds all but about one frame of what we sent;
+            # meanwhile newer frames replace this one (dropped, counted).
+            waited_since = time.monotonic()
+            while unacked_bytes(sock) > len(item.payload):
+                if self.run.stop.wait(0.001):
+                    return None
+                if time.monotonic() - waited_since > self.stall_s:
+                    return f"the peer acknowledged nothing for {self.stall_s:.1f} s"
+                newer = self.slot.take(0)
+                if newer is not None:
+                    counters.dropped += 1
+                    item = newer
+            try:
+                sock.settimeout(self.stall_s)
+                sock.sendall(wire.pack_video_frame(item.seq, item.payload, item.stamp_us))
+            except socket.timeout:
+                return f"sending stalled for {self.stall_s:.1f} s"
+            except OSError as err:
+                return f"send failed: {err.strerror or err}"
+            now = time.monotonic()
+            counters.frames += 1
+            counters.bytes += wire.VIDEO_HEADER.size + len(item.payload)
+            counters.latency_ms.add((net.now_us() - item.stamp_us) / 1000)
+            if counters.first_sent is None:
+                counters.first_sent = now
+            counters.last_sent = now
+        return None
+
+
+def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], started: float) -> Dict[str, Any]:
+    elapsed = time.monotonic() - started
+    streaming = 0.0
+    if counters.first_sent is not None and counters.last_sent is not None and counters.frames > 1:
+        streaming = counters.last_sent - counters.first_sent
+    rate_window = streaming if streaming > 0 else max(elapsed, 1e-9)
+    cpu_s = time.process_time() - counters.cpu_start if counters.cpu_start is not None else 0.0
+    return {
+        "frames": counters.frames,
+        "captured": counters.captured,
+        "encoded": counters.encoded,
+        "dropped": counters.dropped,
+        "corrupt": counters.corrupt,
+        "bytes": counters.bytes,
+        "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / rate_window, 2),
+        "kbps": round(counters.bytes * 8 / 1000 / rate_window, 1),
+        "reconnects": link.reconnects if link is not None else 0,
+        "refused": (link.refused + link.unproven) if link is not None else 0,
+        "latency_ms": counters.latency_ms.summary(),
+        "encode_ms": counters.encode_ms.summary(),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_frame": round(cpu_s * 1000 / (counters.encoded - 1), 3) if counters.encoded > 1 else None,
+        **source_description,
+    }
+
+
+def run(settings: Settings) -> int:
+    from pi2pi.video import source as sources
+    from pi2pi.video.link import LatestSlot, PeerLink
+
+    check(settings)
+    try:
+        width, height = sources.parse_size(settings.size)
+    except sources.SourceError as err:
+        raise config.ConfigError(str(err)) from None
+    token = net.load_token(settings.token_file)
+    counters = Counters()
+    state: Dict[str, Any] = {"link": None, "source": {"source": settings.source, "size": settings.size}}
+    started = time.monotonic()
+    with ProgramRun("camera", settings.stats_dir(), settings.duration,
+                    lambda: snapshot(counters, state["link"], state["source"], started)) as run_:
+        try:
+            source = sources.open_source(settings.source, width, height, settings.fps, settings.quality,
+                                         settings.label or socket.gethostname(), settings.max_frame, settings.buffers)
+        except sources.SourceError as err:
+            run_.end(f"error: {err}")
+            log.error("%s", err)
+            return 1
+        state["source"]["source_format"] = getattr(source, "format", "I420")
+        link = PeerLink(settings.connect, settings.listen, token, STREAM)
+        state["link"] = link
+        if link.address:
+            log.info("listening on %s:%d", *link.address)
+        slot: LatestSlot[Encoded] = LatestSlot()
+        sender = Sender(link, slot, counters, run_, settings)
+        thread = threading.Thread(target=sender.loop, name="sender", daemon=True)
+        thread.start()
+        try:
+            capture_loop(source, slot, sender, counters, settings.quality, run_)
+        except sources.SourceError as err:
+            log.error("%s", err)
+            run_.end(f"error: {err}")
+        finally:
+            run_.stop.set()
+            thread.join(timeout=settings.stall + 2)
+            counters.dropped += getattr(source, "dropped", 0)
+            counters.corrupt += getattr(source, "corrupt", 0)
+            source.close()
+            link.close()
+        return 0 if (run_.reason or "").startswith(("signal", "duration", "peer gone")) else 1

@@ -1,0 +1,327 @@
+"""Receive JPEG frames and paint them into the Linux framebuffer.
+
+A receiver thread reads frames from the peer and keeps only the newest in a
+one-frame slot (a frame replaced before it was painted is dropped and
+counted); the main thread decodes the newest with TurboJPEG, scaled down by
+TurboJPEG's own factors to fit the screen from --at X,Y, and paints it. Bytes
+that break the protocol close that connection with a log line; the viewer
+keeps serving and takes the next peer.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from pi2pi import config, net, stats, wire
+from pi2pi.lifecycle import ProgramRun
+
+log = logging.getLogger(__name__)
+
+STREAM = "video"
+
+
+@dataclass
+class Settings(config.Common):
+    fb: str = "/dev/fb0"
+    fb_geometry: Optional[str] = None   # WxHxBPP: --fb is a file, not a device
+    at: str = "0,0"                     # where the picture's top-left corner goes
+    snapshot: Optional[str] = None      # PNG of the screen, written at the end
+    snapshot_every: float = 0.0         # seconds; also write the snapshot this often (0: only at the end)
+    console: str = "/dev/tty0"          # put in graphics mode while showing ("" leaves it alone)
+    max_frame: int = 4 << 20            # bytes; a longer frame closes the connection
+    stall: float = 2.0                  # seconds a peer may pause in the middle of a frame
+    peer_timeout: float = 10.0          # seconds without a frame before a connected peer is dropped
+    once: bool = False                  # end when the first peer goes away (instead of waiting for the next)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    parser.add_argument("--fb", default=S, metavar="PATH", help="framebuffer device or file (default /dev/fb0)")
+    parser.add_argument("--fb-geometry", dest="fb_geometry", default=S, metavar="WxHxBPP",
+                        help="geometry of a file-backed framebuffer (BPP 16, 24 or 32)")
+    parser.add_argument("--at", default=S, metavar="X,Y", help="top-left corner of the picture (default 0,0)")
+    parser.add_argument("--snapshot", default=S, metavar="FILE.png", help="save the screen as PNG at the end")
+    parser.add_argument("--snapshot-every", dest="snapshot_every", type=float, default=S, metavar="SECONDS")
+    parser.add_argument("--console", default=S, metavar="TTY", help="console to put in graphics mode (default /dev/tty0)")
+    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES")
+    parser.add_argument("--stall", type=float, default=S, metavar="SECONDS",
+                        help="drop a peer that pauses this long inside a frame (default 2)")
+    parser.add_argument("--peer-timeout", dest="peer_timeout", type=float, default=S, metavar="SECONDS",
+                        help="drop a peer that sends no frame for this long (default 10)")
+    parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
+
+
+def parse_at(text: str) -> Tuple[int, int]:
+    try:
+        x, y = (int(v) for v in text.split(","))
+    except ValueError:
+        raise config.ConfigError(f"--at {text!r}: want X,Y, e.g. 208,36") from None
+    if x < 0 or y < 0:
+        raise config.ConfigError(f"--at {text!r}: coordinates must not be negative")
+    return x, y
+
+
+@dataclass
+class Received:
+    header: wire.VideoHeader
+    payload: bytes
+    peer: socket.socket
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.received = 0
+        self.frames = 0          # painted
+        self.dropped = 0         # received, replaced by a newer one before painting
+        self.corrupt = 0         # connections closed for bad bytes, frames that would not decode
+        self.decode_warnings = 0
+        self.bytes = 0
+        self.seq_gaps = 0        # frames the camera numbered but never sent (its own drops)
+        self.last_seq: Optional[int] = None
+        self.latency_ms = stats.Samples()
+        self.decode_ms = stats.Samples()
+        self.paint_ms = stats.Samples()
+        self.first_paint: Optional[float] = None
+        self.last_paint: Optional[float] = None
+        self.cpu_start: Optional[float] = None
+        self.scale = "1/1"
+
+
+class Receiver:
+    """Reads frames from one peer after another; keeps the newest in the slot."""
+
+    def __init__(self, link: Any, slot: Any, counters: Counters, run: ProgramRun, settings: Settings) -> None:
+        self.link, self.slot, self.counters, self.run = link, slot, counters, run
+        self.max_frame = settings.max_frame
+        self.stall_s = settings.stall
+        self.peer_timeout_s = settings.peer_timeout
+        self.once = settings.once
+
+    def loop(self) -> None:
+        try:
+            while not self.run.stop.is_set():
+                sock = self.link.next_peer(self.run.stop)
+                if sock is None:
+                    break
+                try:
+                    self.serve(sock)
+                finally:
+                    sock.close()
+                if self.once and not self.run.stop.is_set():
+                    self.run.end("peer gone")
+        except Exception as err:  # the paint loop must learn that nobody feeds it any more
+            log.exception("receiver failed")
+            self.run.end(f"error: {err}")
+
+    def serve(self, sock: socket.socket) -> None:
+        from pi2pi.video.jpeg import JpegError, check_jpeg
+
+        counters = self.counters
+        last_frame_at = time.monotonic()
+        while not self.run.stop.is_set():
+            try:
+                header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2)
+            except socket.timeout:
+                self.link.refuse_others()
+                if time.monotonic() - last_frame_at > self.peer_timeout_s:
+                    log.warning("closing the connection: no frame for %.1f s", self.peer_timeout_s)
+                    return
+                continue
+            except wire.PeerClosed as err:
+                if err.partial:
+                    counters.corrupt += 1
+                    log.warning("closing the connection: %s", err)
+                else:
+                    log.info("the peer closed the connection")
+                return
+            except (wire.ProtocolError, wire.Stalled) as err:
+                counters.corrupt += 1
+                log.warning("closing the connection: %s", err)
+                return
+            except OSError as err:
+                log.warning("closing the connection: %s", err)
+                return
+            try:
+                check_jpeg(payload, self.max_frame)
+            except JpegError as err:
+                counters.corrupt += 1
+                log.warning("closing the connection: frame %d is not a JPEG: %s", header.seq, err)
+                return
+            last_frame_at = time.monotonic()
+            counters.received += 1
+            counters.bytes += wire.VIDEO_HEADER.size + len(payload)
+            if counters.last_seq is not None and header.seq > counters.last_seq + 1:
+                counters.seq_gaps += header.seq - counters.last_seq - 1
+            counters.last_seq = header.seq
+            if self.slot.put(Received(header, payload, sock)):
+                counters.dropped += 1
+
+
+class Painter:
+    """Decode the newest frame, scaled to fit, and paint it."""
+
+    def __init__(self, fb: Any, at: Tuple[int, int], counters: Counters) -> None:
+        from pi2pi.video.jpeg import Codec
+
+        self.fb, self.at, self.counters = fb, at, counters
+        self.codec = Codec.open()
+        self.room = (fb.geometry.width - at[0], fb.geometry.height - at[1])
+        self.scales: Dict[Tuple[int, int], Tuple[int, int]] = {}
+        self.buffers: Dict[Tuple[int, int], Any] = {}
+
+    def scale_for(self, width: int, height: int) -> Tuple[int, int]:
+        from pi2pi.video.jpeg import fit_scale
+
+        key = (width, height)
+        if key not in self.scales:
+            scale = fit_scale(width, height, self.room[0], self.room[1], self.codec.tj.scaling_factors)
+            self.scales[key] = scale
+            self.counters.scale = f"{scale[0]}/{scale[1]}"
+            log.info("frames of %dx%d shown at scale %d/%d in %dx%d at %d,%d",
+                     width, height, scale[0], scale[1], self.room[0], self.room[1], *self.at)
+        return self.scales[key]
+
+    def paint(self, item: Received) -> bool:
+        import numpy as np
+
+        from pi2pi.video.jpeg import JpegError, scaled
+
+        counters = self.counters
+        started = time.perf_counter()
+        try:
+            width, height = self.codec.header(item.payload)
+            scale = self.scale_for(width, height)
+            shape = (scaled(height, scale), scaled(width, scale))
+            dst = self.buffers.get(shape)
+            if dst is None:
+                channels = 3 if self.fb.geometry.bpp == 24 else 4
+                dst = self.buffers[shape] = np.empty(shape + (channels,), dtype=np.uint8)
+            picture, warnings = self.codec.decode(item.payload, self.fb.pixel_format, scale, dst=dst)
+        except JpegError as err:
+            counters.corrupt += 1
+            log.warning("closing the connection: frame %d: %s", item.header.seq, err)
+            try:
+                item.peer.shutdown(socket.SHUT_RDWR)  # the receiver sees it closed and takes the next peer
+            except OSError:
+                pass
+            return False
+        if warnings:
+            counters.decode_warnings += 1
+            log.debug("frame %d: %s", item.header.seq, "; ".join(warnings))
+        decoded = time.perf_counter()
+        self.fb.paint(picture, *self.at)
+        painted = time.perf_counter()
+        counters.latency_ms.add((net.now_us() - item.header.stamp_us) / 1000)
+        counters.decode_ms.add((decoded - started) * 1000)
+        counters.paint_ms.add((painted - decoded) * 1000)
+        counters.frames += 1
+        if counters.first_paint is None:
+            counters.first_paint = painted
+            counters.cpu_start = time.process_time()
+        counters.last_paint = painted
+        return True
+
+
+def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any]) -> Dict[str, Any]:
+    elapsed = time.monotonic() - started
+    streaming = 0.0
+    if counters.first_paint is not None and counters.last_paint is not None and counters.frames > 1:
+        streaming = counters.last_paint - counters.first_paint
+    window = streaming if streaming > 0 else max(elapsed, 1e-9)
+    cpu_s = time.process_time() - counters.cpu_start if counters.cpu_start is not None else 0.0
+    return {
+        "frames": counters.frames,
+        "received": counters.received,
+        "dropped": counters.dropped,
+        "corrupt": counters.corrupt,
+        "decode_warnings": counters.decode_warnings,
+        "bytes": counters.bytes,
+        "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / window, 2),
+        "kbps": round(counters.bytes * 8 / 1000 / window, 1),
+        "reconnects": link.reconnects if link is not None else 0,
+        "refused": (link.refused + link.unproven) if link is not None else 0,
+        "seq_gaps": counters.seq_gaps,
+        "last_seq": counters.last_seq,
+        "latency_ms": counters.latency_ms.summary(),
+        "decode_ms": counters.decode_ms.summary(),
+        "paint_ms": counters.paint_ms.summary(),
+        "scale": counters.scale,
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_frame": round(cpu_s * 1000 / (counters.frames - 1), 3) if counters.frames > 1 else None,
+        **extra,
+    }
+
+
+def write_snapshot(fb: Any, path: str) -> None:
+    from pi2pi.video import png
+
+    try:
+        png.write(Path(path), fb.rgb())
+    except OSError as err:
+        log.error("cannot write the snapshot %s: %s", path, err.strerror)
+
+
+def run(settings: Settings) -> int:
+    from pi2pi.video.framebuffer import Console, Framebuffer, FramebufferError
+    from pi2pi.video.link import LatestSlot, PeerLink
+
+    if not (settings.connect or settings.listen):
+        raise config.ConfigError("viewer: give --listen [ADDR:]PORT or --connect HOST:PORT")
+    if not 1024 <= settings.max_frame <= 64 << 20:
+        raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
+    at = parse_at(settings.at)
+    token = net.load_token(settings.token_file)
+    try:
+        fb = Framebuffer.open(settings.fb, settings.fb_geometry)
+    except FramebufferError as err:
+        raise config.ConfigError(str(err)) from None
+    g = fb.geometry
+    if at[0] >= g.width or at[1] >= g.height:
+        fb.close()
+        raise config.ConfigError(f"--at {settings.at} is outside the {g.width}x{g.height} screen")
+    counters = Counters()
+    state: Dict[str, Any] = {"link": None}
+    extra = {"fb": settings.fb, "fb_geometry": f"{g.width}x{g.height}x{g.bpp}", "at": settings.at}
+    started = time.monotonic()
+    try:
+        with ProgramRun("viewer", settings.stats_dir(), settings.duration,
+                        lambda: snapshot(counters, state["link"], started, extra)) as run_, \
+                Console(settings.console if fb.is_device else ""):
+            link = PeerLink(settings.connect, settings.listen, token, STREAM)
+            state["link"] = link
+            if link.address:
+                log.info("listening on %s:%d", *link.address)
+            slot: LatestSlot[Received] = LatestSlot()
+            painter = Painter(fb, at, counters)
+            receiver = Receiver(link, slot, counters, run_, settings)
+            thread = threading.Thread(target=receiver.loop, name="receiver", daemon=True)
+            thread.start()
+            last_snapshot = time.monotonic()
+            try:
+                while not run_.should_stop():
+                    item = slot.take(0.2)
+                    if item is not None:
+                        painter.paint(item)
+                    if settings.snapshot and settings.snapshot_every > 0 and \
+                            time.monotonic() - last_snapshot >= settings.snapshot_every:
+                        write_snapshot(fb, settings.snapshot)
+                        last_snapshot = time.monotonic()
+                # Drain: a frame that arrived as we were told to stop is still shown.
+                item = slot.take(0)
+                if item is not None and run_.reason == "peer gone":
+                    painter.paint(item)
+            finally:
+                run_.stop.set()
+                thread.join(timeout=settings.stall + 1)
+                link.close()
+                if settings.snapshot:
+                    write_snapshot(fb, settings.snapshot)
+    finally:
+        fb.close()
+    return 0 if (run_.reason or "").startswith(("signal", "duration", "peer gone")) else 1
