@@ -72,10 +72,15 @@ class Codec:
         return self.tj.encode_from_yuv(yuv, height, width, quality=quality, jpeg_subsample=subsample)
 
     def header(self, data: bytes) -> Tuple[int, int]:
-        try:
-            width, height, _, _ = self.tj.decode_header(data)
-        except (OSError, ValueError) as err:
-            raise JpegError(f"unreadable JPEG header: {err}") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                width, height, _, _ = self.tj.decode_header(data)
+            except (OSError, ValueError) as err:
+                raise JpegError(f"unreadable JPEG header: {err}") from None
+        if width == 0 or height == 0:  # PyTurboJPEG turns some header errors into warnings
+            detail = "; ".join(str(w.message) for w in caught) or "no frame size"
+            raise JpegError(f"unreadable JPEG header: {detail}")
         if not (0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION):
             raise JpegError(f"JPEG claims {width}x{height}, beyond {MAX_DIMENSION}x{MAX_DIMENSION}")
         return width, height

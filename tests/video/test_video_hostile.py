@@ -1,0 +1,213 @@
+"""A running viewer against strangers' bytes: each bad peer gets a log line and a closed
+connection, is counted, and the viewer goes on to paint the next good frame."""
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+from PIL import Image
+
+from pi2pi import net, wire
+from tests.video.helpers import Program, fb_rgb, free_port, label_at, read_stats
+
+TOKEN = b"hostile-test-token-0123456789"
+GEOMETRY = "320x240x32"
+
+
+def pillow_jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def pattern_jpeg(label: str, seq: int) -> bytes:
+    from pi2pi.video.jpeg import SAMP_420, Codec
+    from pi2pi.video.testpattern import TestPattern
+
+    return Codec.open().encode_yuv(TestPattern(320, 240, label).render(seq), 320, 240, 80, SAMP_420)
+
+
+def dial(port: int, token: Optional[bytes] = TOKEN) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if token is not None:
+        net.respond(sock, token, "video")
+    return sock
+
+
+def closed_by_viewer(sock: socket.socket, within_s: float = 5.0) -> bool:
+    """True when the viewer closes its end (EOF or reset) within the time."""
+    sock.settimeout(within_s)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+def header(seq: int, length: int, magic: bytes = wire.VIDEO_MAGIC) -> bytes:
+    return struct.pack(">4sIIQ", magic, seq, length, net.now_us())
+
+
+def huge_dimensions_jpeg() -> bytes:
+    """A real JPEG whose frame header claims 60000x60000 pixels."""
+    data = bytearray(pillow_jpeg())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, 60000, 60000)
+    return bytes(data)
+
+
+@pytest.fixture
+def viewer(tmp_path: Path):
+    port = free_port()
+    (tmp_path / "token").write_bytes(TOKEN)
+    program = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", "fb.raw", "--fb-geometry", GEOMETRY,
+                       "--stats", "stats", "--token-file", "token", "--stall", "0.5", "--max-frame", "1000000"],
+                      tmp_path)
+    program.wait_for("listening on")
+    program.port = port  # type: ignore[attr-defined]
+    yield program
+    if program.proc.poll() is None:
+        program.proc.kill()
+        program.proc.wait()
+
+
+def send_good_frame_and_check(viewer: Program, tmp_path: Path, label: str, seq: int) -> None:
+    sock = dial(viewer.port)  # type: ignore[attr-defined]
+    frame = pattern_jpeg(label, seq)
+    sock.sendall(header(seq, len(frame)) + frame)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240)) == (label.upper(), seq):
+                break
+        except ValueError:
+            pass
+        assert time.monotonic() < deadline, "the good frame was never painted:\n" + viewer.log()
+        time.sleep(0.05)
+    sock.close()
+    viewer.wait_for("the peer closed the connection", count=seq)
+
+
+Case = Callable[[int], socket.socket]
+
+
+def bad_magic(port: int) -> socket.socket:
+    sock = dial(port)
+    sock.sendall(header(1, 100, magic=b"GET ") + b"x" * 100)
+    return sock
+
+
+def length_beyond_maximum(port: int) -> socket.socket:
+    sock = dial(port)
+    sock.sendall(header(1, 0xFFFFFFF0))
+    return sock
+
+
+def not_a_jpeg(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = b"<html>this is not a picture</html>" * 10
+    sock.sendall(header(1, len(payload)) + payload)
+    return sock
+
+
+def garbage_inside_markers(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9"
+    sock.sendall(header(1, len(payload)) + payload)
+    return sock
+
+
+def claims_huge_dimensions(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = huge_dimensions_jpeg()
+    sock.sendall(header(1, len(payload)) + payload)
+    return sock
+
+
+def stalls_mid_frame(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = pillow_jpeg()
+    sock.sendall(header(1, len(payload)) + payload[:50])
+    return sock  # and sends nothing more: the viewer gives up after --stall
+
+
+def disconnects_mid_frame(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = pillow_jpeg()
+    sock.sendall(header(1, len(payload)) + payload[:50])
+    sock.shutdown(socket.SHUT_WR)
+    return sock
+
+
+def wrong_token(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with pytest.raises(net.HandshakeError):
+        net.respond(sock, b"not-this-calls-token-at-all", "video")
+    return sock
+
+
+def no_token(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    payload = pillow_jpeg()
+    sock.sendall(header(1, len(payload)) + payload)  # the seed's bare protocol: no answer to the challenge
+    return sock
+
+
+CASES = [
+    (bad_magic, "bad frame magic"),
+    (length_beyond_maximum, "outside 1..1000000"),
+    (not_a_jpeg, "is not a JPEG"),
+    (garbage_inside_markers, "unreadable JPEG header"),
+    (claims_huge_dimensions, "beyond 4096x4096"),
+    (stalls_mid_frame, "stalled after"),
+    (disconnects_mid_frame, "mid-frame"),
+    (wrong_token, "not this call's token"),
+    (no_token, "not this call's token"),
+]
+
+
+def test_each_bad_peer_is_logged_closed_and_counted_and_the_viewer_keeps_serving(viewer: Program,
+                                                                                 tmp_path: Path) -> None:
+    for number, (case, message) in enumerate(CASES, start=1):
+        sock = case(viewer.port)  # type: ignore[attr-defined]
+        assert closed_by_viewer(sock), f"{case.__name__}: connection left open\n" + viewer.log()
+        line = viewer.wait_for(message)
+        assert "WARNING" in line, line
+        send_good_frame_and_check(viewer, tmp_path, f"good-after-{number}", number)
+    rss_kb = int(next(line for line in Path(f"/proc/{viewer.proc.pid}/status").read_text().splitlines()
+                      if line.startswith("VmRSS")).split()[1])
+    assert rss_kb < 300_000, f"viewer grew to {rss_kb} kB"  # a length field allocated nothing
+    assert viewer.stop() == 0
+    stats = read_stats(tmp_path / "stats", "viewer")
+    assert stats["corrupt"] == len(CASES)
+    assert stats["frames"] == len(CASES) and stats["reconnects"] == 2 * len(CASES) - 1 - 2
+    assert "Traceback" not in viewer.log()
+
+
+def test_a_second_dialer_is_refused_while_a_peer_is_served(viewer: Program, tmp_path: Path) -> None:
+    first = dial(viewer.port)  # type: ignore[attr-defined]
+    frame = pattern_jpeg("first-peer", 1)
+    first.sendall(header(1, len(frame)) + frame)
+    second = socket.create_connection(("127.0.0.1", viewer.port), timeout=5)  # type: ignore[attr-defined]
+    assert closed_by_viewer(second)
+    viewer.wait_for("already serving a peer")
+    frame = pattern_jpeg("first-peer", 2)
+    first.sendall(header(2, len(frame)) + frame)  # the first peer is still served
+    deadline = time.monotonic() + 5
+    while label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240)) != ("FIRST-PEER", 2):
+        assert time.monotonic() < deadline, viewer.log()
+        time.sleep(0.05)
+    first.close()
+    assert viewer.stop() == 0
+    stats = read_stats(tmp_path / "stats", "viewer")
+    assert stats["refused"] == 1 and stats["corrupt"] == 0 and stats["frames"] == 2
