@@ -1,0 +1,111 @@
+"""Pixels: RGB565 conversion, framebuffer geometry, scaling choice, PNG, the test pattern's label."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import turbojpeg
+from PIL import Image
+
+from pi2pi.video import framebuffer, jpeg, png, testpattern
+
+
+def bgrx(pixels):
+    """(R, G, B) triples -> a (1, N, 4) BGRX picture, as TurboJPEG writes it."""
+    return np.array([[[b, g, r, 0] for r, g, b in pixels]], dtype=np.uint8)
+
+
+@pytest.mark.parametrize("rgb, want", [
+    ((0, 0, 0), 0x0000), ((255, 255, 255), 0xFFFF), ((255, 0, 0), 0xF800), ((0, 255, 0), 0x07E0),
+    ((0, 0, 255), 0x001F), ((0x12, 0x34, 0x56), (0x10 << 8) | (0x34 << 3) | 0x0A), ((7, 3, 7), 0x0000),
+    ((8, 4, 8), 0x0821), ((0x80, 0x80, 0x80), 0x8410),
+])
+def test_rgb565_of_known_pixels(rgb, want) -> None:
+    out = np.empty((1, 1), dtype=np.uint32)
+    framebuffer.bgrx_to_rgb565(bgrx([rgb]), out, np.empty_like(out))
+    assert int(out[0, 0]) == want
+
+
+def test_rgb565_of_every_level_matches_the_plain_formula() -> None:
+    levels = np.arange(256, dtype=np.uint8)
+    picture = np.zeros((1, 256, 4), dtype=np.uint8)
+    picture[0, :, 2], picture[0, :, 1], picture[0, :, 0] = levels, levels[::-1], levels  # R, G, B
+    out = np.empty((1, 256), dtype=np.uint32)
+    framebuffer.bgrx_to_rgb565(picture, out, np.empty_like(out))
+    r, g, b = levels.astype(int), levels[::-1].astype(int), levels.astype(int)
+    assert out[0].tolist() == ((r >> 3) << 11 | (g >> 2) << 5 | (b >> 3)).tolist()
+    back = framebuffer.rgb565_to_rgb(out.astype(np.uint16))
+    assert np.abs(back[0].astype(int) - np.stack([r, g, b], axis=-1)).max() <= 7
+
+
+def test_file_framebuffer_geometry_and_paint_clipping(tmp_path) -> None:
+    with pytest.raises(framebuffer.FramebufferError, match="WxHxBPP"):
+        framebuffer.parse_geometry("800x480")
+    fb = framebuffer.Framebuffer.open(str(tmp_path / "fb"), "8x4x16")
+    assert (tmp_path / "fb").stat().st_size == 8 * 4 * 2
+    picture = bgrx([(255, 0, 0)] * 6).repeat(3, axis=0)  # 6x3 red
+    fb.paint(picture, 5, 2)  # only 3x2 of it fits
+    raw = np.fromfile(tmp_path / "fb", dtype="<u2").reshape(4, 8)
+    assert (raw[2:, 5:] == 0xF800).all() and (raw[:2] == 0).all() and (raw[:, :5] == 0).all()
+    assert fb.rgb()[3, 7].tolist() == [255, 0, 0]
+    fb.close()
+
+
+@pytest.mark.parametrize("offsets, want", [
+    ((16, 8, 0), turbojpeg.TJPF_BGRX), ((0, 8, 16), turbojpeg.TJPF_RGBX), ((24, 16, 8), turbojpeg.TJPF_XBGR),
+])
+def test_32bpp_channel_order_comes_from_the_offsets(offsets, want) -> None:
+    g = framebuffer.Geometry(4, 4, 32, 16, *offsets)
+    assert framebuffer.pixel_format(g) == want
+
+
+@pytest.mark.parametrize("size, room, want", [
+    ((640, 480), (800, 600), (1, 1)), ((640, 480), (400, 300), (5, 8)), ((640, 480), (320, 240), (1, 2)),
+    ((640, 480), (60, 40), (1, 8)), ((1280, 720), (800, 480), (5, 8)),
+])
+def test_scaling_factor_fits_the_room(size, room, want) -> None:
+    factors = turbojpeg.TurboJPEG().scaling_factors
+    assert jpeg.fit_scale(*size, *room, factors) == want
+
+
+def test_png_snapshot_reads_back_with_pillow(tmp_path) -> None:
+    picture = (np.arange(5 * 7 * 3) % 256).astype(np.uint8).reshape(5, 7, 3)
+    png.write(tmp_path / "shot.png", picture)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "shot.png")), picture)
+
+
+@pytest.mark.parametrize("host", ["raspberrypi5", "gw-pi_2.lan", "A1"])
+def test_label_survives_jpeg_and_reads_back(host) -> None:
+    pattern = testpattern.TestPattern(640, 480, host)
+    codec = jpeg.Codec.open()
+    for seq in (0, 7, 123456789):
+        data = codec.encode_yuv(pattern.render(seq), 640, 480, 50, jpeg.SAMP_420)
+        for scale in ((1, 1), (1, 2)):
+            picture, warnings = codec.decode(data, turbojpeg.TJPF_RGB, scale)
+            assert not warnings
+            assert testpattern.read_label(picture, 640, 480) == (host.upper()[:16], seq)
+
+
+def test_pattern_moves_and_an_unlabelled_picture_is_not_read() -> None:
+    pattern = testpattern.TestPattern(320, 240, "host")
+    first = pattern.render(1).copy()
+    second = pattern.render(2).copy()
+    box = pattern.layout.box
+    moving = np.ones(320 * 240, dtype=bool).reshape(240, 320)
+    moving[: box[1] + box[3], : box[0] + box[2]] = False
+    y1, y2 = first[: 320 * 240].reshape(240, 320), second[: 320 * 240].reshape(240, 320)
+    assert (y1 != y2)[moving].sum() > 500
+    with pytest.raises(ValueError):
+        testpattern.read_label(np.full((240, 320, 3), 128, dtype=np.uint8), 320, 240)
+
+
+def test_check_jpeg() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(out, "JPEG")
+    good = out.getvalue()
+    jpeg.check_jpeg(good, 10000)
+    jpeg.check_jpeg(good + b"\0" * 10, 10000)
+    for bad, why in ((b"GIF89a" + good, "start"), (good[:-20], "end"), (good, "beyond")):
+        with pytest.raises(jpeg.JpegError, match=why):
+            jpeg.check_jpeg(bad, 10000 if why != "beyond" else 100)

@@ -1,0 +1,50 @@
+"""Newest frame wins: the one-frame slot between the camera's (or viewer's) two threads."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from pi2pi import wire
+from pi2pi.video.link import LatestSlot, peer_hung_up, unacked_bytes
+
+
+def test_newer_item_replaces_an_untaken_one() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True       # 1 was never taken: dropped
+    assert slot.take(0) == 2
+    assert slot.take(0) is None
+    assert slot.put(3) is False
+
+
+def test_take_waits_for_a_put_from_another_thread() -> None:
+    slot: LatestSlot[str] = LatestSlot()
+    threading.Timer(0.05, slot.put, args=("frame",)).start()
+    started = time.monotonic()
+    assert slot.take(2.0) == "frame"
+    assert time.monotonic() - started < 1.0
+    assert slot.take(0.05) is None
+
+
+def test_video_frames_cross_a_socket_and_the_sender_sees_acknowledgement_and_hang_up() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        client.sendall(wire.pack_video_frame(7, b"\xff\xd8payload\xff\xd9", 123))
+        header, payload = wire.read_video_frame(conn, 1000, 1.0)
+        assert (header.seq, header.stamp_us, payload) == (7, 123, b"\xff\xd8payload\xff\xd9")
+        deadline = time.monotonic() + 2
+        while unacked_bytes(client) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert unacked_bytes(client) == 0
+        assert not peer_hung_up(client)
+        conn.close()
+        deadline = time.monotonic() + 2
+        while not peer_hung_up(client):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.close()
+    finally:
+        server.close()
