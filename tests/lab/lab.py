@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
+from tests.lab import netem as emulated_netem
+
 log = logging.getLogger("pi2pi.lab")
 
 PREFIX = "pi2pi-"
@@ -70,6 +72,15 @@ STATE_MARK = ".pi2pi-lab"  # only a directory holding this file is ever removed
 CONTROLLER_KEY = "/home/pi/.ssh/id_ed25519"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 UP_TIMEOUT = 30.0
+NETEM_SOURCE = Path(__file__).with_name("netem.py")
+# Where a host's eth0 arrives: the far end's host, and how its iptables names that way in.
+NETEM_FAR_END = {
+    "natpi": ("isp", "-i eth1"),
+    "gwpi": ("gw", "-i eth1"),
+    "isp": ("inet", "-m physdev --physdev-in isp"),
+    "gw": ("inet", "-m physdev --physdev-in gw"),
+    "stranger": ("inet", "-m physdev --physdev-in stranger"),
+}
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -398,14 +409,59 @@ class Lab:
                 self._ip(host, "route", "replace", "default", "via", via)
 
     def netem(self, host: str, spec: Optional[str]) -> None:
-        """Shape what leaves the host's eth0 with netem ("delay 50ms 10ms loss 1%"); None removes it."""
+        """Impair what leaves the host's eth0, in netem's words ("delay 50ms 10ms loss 1%",
+        "rate 1mbit"); None removes it.
+
+        Uses the kernel's netem qdisc. A kernel built without it (this CI machine's)
+        gets delay, jitter and loss from tests/lab/netem.py, through NFQUEUE where
+        the link arrives at its far end (queueing a packet in its sender's own
+        stack would stall TCP's small-queue accounting; the far end holds packets
+        no socket owns any more), and rates from tbf. Other netem options are
+        then refused with a LabError.
+        """
         netns = self._netns(host)
+        self._clear_netem(host)
         if spec is None:
-            subprocess.run(["tc", "-netns", netns, "qdisc", "del", "dev", "eth0", "root"],
-                           capture_output=True, text=True)  # none in place is fine
             return
-        _check(["tc", "-netns", netns, "qdisc", "replace", "dev", "eth0", "root", "netem",
-                *shlex.split(spec)])
+        words = shlex.split(spec)
+        native = subprocess.run(["tc", "-netns", netns, "qdisc", "replace", "dev", "eth0", "root",
+                                 "netem", *words], capture_output=True, text=True)
+        if native.returncode == 0:
+            return
+        if "unknown" not in native.stderr:
+            raise LabError(f"tc netem {spec!r} on {host}: {native.stderr.strip()}")
+        try:
+            impairment = emulated_netem.parse(words)
+        except ValueError as exc:
+            raise LabError(f"{host}: {exc} (this kernel has no netem qdisc)") from None
+        if host not in NETEM_FAR_END:
+            raise LabError(f"{host} has no eth0 to impair")
+        if impairment.rate:
+            _check(["tc", "-netns", netns, "qdisc", "replace", "dev", "eth0", "root", "tbf",
+                    "rate", impairment.rate, "burst", "16kb", "latency", "1s"])
+        if not impairment.needs_queue:
+            return
+        far, arriving = NETEM_FAR_END[host]
+        queue = HOSTS.index(host)
+        proc = self.popen(far, ["bash", "-c", f'exec -a "pi2pi-lab-netem-{host}" /usr/bin/python3 - "$@"',
+                                "netem", "--queue", str(queue), *words],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(NETEM_SOURCE.read_bytes())
+        proc.stdin.close()
+        if _readline(proc.stdout, 10).strip() != b"ready":
+            proc.kill()
+            raise LabError(f"{host}: the netem emulator did not start: {proc.communicate()[1]!r}")
+        proc.stdout.close()
+        self.run(far, f"iptables -t mangle -A PREROUTING {_netem_rule(host)}")
+
+    def _clear_netem(self, host: str) -> None:
+        subprocess.run(["tc", "-netns", self._netns(host), "qdisc", "del", "dev", "eth0", "root"],
+                       capture_output=True)  # none in place is fine
+        if host in NETEM_FAR_END:
+            far = NETEM_FAR_END[host][0]
+            self.run(far, f"while iptables -t mangle -D PREROUTING {_netem_rule(host)} 2>/dev/null;"
+                          f" do :; done; pkill -f '^pi2pi-lab-netem-{host} ' || true")
 
     def set_natpi_public(self, addr: str) -> None:
         """Give the ISP's WAN (natpi's public address) a new address on the Internet segment."""
@@ -679,6 +735,12 @@ class Lab:
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network and mount namespaces, iptables)")
+
+
+def _netem_rule(host: str) -> str:
+    arriving = NETEM_FAR_END[host][1]
+    return (f"{arriving} -m comment --comment pi2pi-lab-netem-{host}"
+            f" -j NFQUEUE --queue-num {HOSTS.index(host)} --queue-bypass")
 
 
 def _check(argv: List[str]) -> None:

@@ -1,0 +1,243 @@
+"""The lab is the seed's topology: real namespaces, real sshd, real iptables, real packets.
+
+Each "cannot reach" check has a control that does reach from the same host,
+so a probe that could never succeed proves nothing and fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from tests.lab.lab import ADDR, HOSTS, Lab, LabError
+
+REPO = Path(__file__).resolve().parents[2]
+GW = ADDR["gw_public"]
+GW_PORT = ADDR["gw_ssh_port"]
+# Never StrictHostKeyChecking=no: every host key the lab's clients meet is pinned.
+SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=5"
+PROBE_SECONDS = 2
+
+
+def tcp_opens(lab: Lab, probes: List[Tuple[str, str, int]]) -> Dict[Tuple[str, str, int], bool]:
+    """Try every (host, address, port) TCP connection at once; which ones opened."""
+    running = {
+        probe: lab.popen(probe[0], f"timeout {PROBE_SECONDS} bash -c '</dev/tcp/{probe[1]}/{probe[2]}'",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for probe in probes
+    }
+    return {probe: proc.wait(timeout=PROBE_SECONDS + 10) == 0 for probe, proc in running.items()}
+
+
+def ssh_from_natpi(lab: Lab, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return lab.run("natpi", f"{SSH} -p {GW_PORT} admin@{GW} {command}", user="pi", check=check)
+
+
+def test_gw_admin_ssh_answers_from_natpi_through_the_isp(lab: Lab) -> None:
+    result = ssh_from_natpi(lab, "'hostname; echo $SSH_CONNECTION'")
+    hostname, connection = result.stdout.split("\n")[:2]
+    assert hostname == "gw"
+    # gw sees natpi's public address: the ISP's MASQUERADE, not natpi's own.
+    assert connection.split()[0] == ADDR["natpi_public"]
+    assert connection.split()[2:] == [GW, str(GW_PORT)]
+
+
+def test_controller_reaches_gwpi_through_gw_with_pinned_keys(lab: Lab) -> None:
+    result = lab.run("natpi", f"{SSH} -J admin@{GW}:{GW_PORT} pi@{ADDR['gwpi']} 'hostname; sudo -n id -u'",
+                     user="pi")
+    assert result.stdout.split() == ["gwpi", "0"]
+
+
+def test_gw_starts_like_a_real_gateway(lab: Lab) -> None:
+    assert lab.run("gw", "cat /proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
+    assert "-P FORWARD DROP" in lab.run("gw", "iptables -S FORWARD").stdout
+    assert "--dport 8080 -j DNAT --to-destination 10.0.0.9:80" in lab.run("gw", "iptables -t nat -S").stdout
+
+
+def test_gwpi_is_not_reachable_from_natpi(lab: Lab) -> None:
+    opened = tcp_opens(lab, [("natpi", ADDR["gwpi"], 22), ("gw", ADDR["gwpi"], 22)])
+    assert opened[("gw", ADDR["gwpi"], 22)], "control: gwpi's sshd answers on its own LAN"
+    assert not opened[("natpi", ADDR["gwpi"], 22)]
+
+
+def test_nobody_can_open_a_connection_to_natpi(lab: Lab) -> None:
+    # A stranger that tries hard: it routes natpi's private network to the ISP.
+    lab.run("stranger", f"ip route add 192.168.1.0/24 via {ADDR['natpi_public']}")
+    try:
+        targets = [ADDR["natpi"], ADDR["natpi_public"]]
+        probes = [(host, addr, 22) for host in ("gwpi", "stranger") for addr in targets]
+        controls = [("isp", ADDR["natpi"], 22), ("gwpi", GW, GW_PORT), ("stranger", GW, GW_PORT)]
+        opened = tcp_opens(lab, probes + controls)
+    finally:
+        lab.run("stranger", "ip route del 192.168.1.0/24")
+    assert all(opened[control] for control in controls), f"controls must connect: {opened}"
+    assert not any(opened[probe] for probe in probes), f"natpi must be unreachable: {opened}"
+
+
+def test_a_file_under_etc_stays_on_its_host(lab: Lab) -> None:
+    path = f"/etc/pi2pi-lab-probe-{uuid.uuid4().hex}"
+    try:
+        lab.run("natpi", f"echo natpi > {path}")
+        lab.run("gw", f"echo gw > {path}")
+        assert lab.run("natpi", f"cat {path}").stdout == "natpi\n"
+        assert lab.run("gw", f"cat {path}").stdout == "gw\n"
+        for host in HOSTS:
+            if host not in ("natpi", "gw"):
+                assert lab.run(host, f"test -e {path}", check=False).returncode == 1, host
+        assert not Path(path).exists(), "the machine's own /etc must never be written"
+    finally:
+        for host in ("natpi", "gw"):
+            lab.run(host, f"rm -f {path}")
+        if Path(path).exists():  # only if the test failed: clean the machine
+            os.unlink(path)
+
+
+def test_each_host_has_its_own_users_and_host_key(lab: Lab) -> None:
+    keys = {host: lab.run(host, "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+            for host in ("natpi", "gw", "gwpi")}
+    assert len(set(keys.values())) == 3
+    machine_key = Path("/etc/ssh/ssh_host_ed25519_key.pub")
+    if machine_key.exists():
+        assert machine_key.read_text().split()[1] not in keys.values()
+    assert lab.run("gw", "id -un admin").stdout == "admin\n"
+    assert lab.run("gw", "id pi", check=False).returncode != 0
+    assert lab.run("natpi", "sudo -n true", user="pi").returncode == 0
+
+
+def test_reverse_tunnel_from_natpi_gives_gw_ssh_back_to_natpi(lab: Lab) -> None:
+    """The seed's trick: natpi opens `ssh -R` to the gateway, the gateway ssh's back through it."""
+    back = f"{SSH} -p 2345 pi@localhost hostname"
+    # gw's admin gets a key that natpi's pi authorizes, and pins natpi's host key.
+    lab.run("gw", "test -f ~/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519",
+            user="admin")
+    admin_key = lab.run("gw", "cat ~/.ssh/id_ed25519.pub", user="admin").stdout
+    lab.run("natpi", "cat >> ~/.ssh/authorized_keys", user="pi", input=admin_key)
+    natpi_key = " ".join(lab.run("natpi", "cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
+    lab.run("gw", "cat >> ~/.ssh/known_hosts", user="admin", input=f"[localhost]:2345 {natpi_key}\n")
+
+    assert lab.run("gw", back, user="admin", check=False).returncode != 0, "no tunnel yet"
+    tunnel = lab.popen("natpi", f"{SSH} -N -o ExitOnForwardFailure=yes -R 2345:localhost:22 "
+                                f"-p {GW_PORT} admin@{GW}",
+                       user="pi", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not lab.run("gw", "ss -Hltn 'sport = :2345'").stdout.strip():
+            if tunnel.poll() is not None:
+                pytest.fail(f"the tunnel exited {tunnel.returncode}: {tunnel.communicate()[1]}")
+            assert time.monotonic() < deadline, "gw never listened on localhost:2345"
+            time.sleep(0.1)
+        assert lab.run("gw", back, user="admin").stdout == "natpi\n"
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while lab.run("gw", "ss -Hltn 'sport = :2345'").stdout.strip():
+        assert time.monotonic() < deadline, "the tunnel's port outlived the tunnel"
+        time.sleep(0.1)
+
+
+def test_faults_are_real(lab: Lab) -> None:
+    lab.set_link("natpi", False)
+    try:
+        assert ssh_from_natpi(lab, "true", check=False).returncode != 0
+    finally:
+        lab.set_link("natpi", True)
+    assert ssh_from_natpi(lab, "true").returncode == 0
+
+    lab.netem("natpi", "delay 200ms 50ms")
+    try:
+        slow = connect_ms(lab, "natpi", GW, GW_PORT, 10)
+    finally:
+        lab.netem("natpi", None)
+    fast = connect_ms(lab, "natpi", GW, GW_PORT, 10)
+    assert 150 - 5 <= min(slow) and max(slow) <= 250 + 20, slow
+    assert max(fast) < 100, fast
+    lab.netem("natpi", "loss 50%")
+    try:
+        lossy = connect_ms(lab, "natpi", GW, GW_PORT, 20, timeout=0.5)
+    finally:
+        lab.netem("natpi", None)
+    assert 0 < lossy.count(None) < 20, lossy
+
+    lab.set_natpi_public("198.51.100.31")
+    try:
+        assert ssh_from_natpi(lab, "'echo $SSH_CONNECTION'").stdout.split()[0] == "198.51.100.31"
+    finally:
+        lab.set_natpi_public(ADDR["natpi_public"])
+    assert ssh_from_natpi(lab, "'echo $SSH_CONNECTION'").stdout.split()[0] == ADDR["natpi_public"]
+    with pytest.raises(LabError):
+        lab.set_natpi_public("8.8.8.8")  # never a real address
+
+
+CONNECT_MS = """
+import socket, sys, time
+address, port, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for _ in range(count):
+    started = time.monotonic()
+    try:
+        socket.create_connection((address, port), timeout=timeout).close()
+        print((time.monotonic() - started) * 1000)
+    except OSError:
+        print("lost")
+"""
+
+
+def connect_ms(lab: Lab, host: str, address: str, port: int, count: int,
+               timeout: float = 5) -> List[Optional[float]]:
+    """How long each of count TCP handshakes from host takes, in ms (None: none within timeout)."""
+    out = lab.run(host, ["python3", "-c", CONNECT_MS, address, str(port), str(count), str(timeout)]).stdout
+    return [None if line == "lost" else float(line) for line in out.split()]
+
+
+def _leftovers() -> List[str]:
+    """What a lab could leave on the machine: namespaces, sshd, mounts, files."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("pi2pi-")]
+    machine_net = os.stat("/proc/self/ns/net").st_ino
+    machine_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    sshd = subprocess.run(["pgrep", "-a", "sshd"], capture_output=True, text=True).stdout
+    for line in sshd.splitlines():
+        pid = line.split()[0]
+        try:  # the machine's own sshd may run; one in any other namespace is the lab's
+            if (os.stat(f"/proc/{pid}/ns/net").st_ino, os.stat(f"/proc/{pid}/ns/mnt").st_ino) \
+                    != (machine_net, machine_mnt):
+                found.append(f"sshd {line}")
+        except FileNotFoundError:
+            pass
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line}" for line in mounts.splitlines() if "pi2pi" in line]
+    if Path("/var/tmp/pi2pi-lab").exists():
+        found.append("state dir /var/tmp/pi2pi-lab")
+    return found
+
+
+def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
+    """Runs last in this module: it takes the module's lab down and builds it again."""
+    assert _leftovers(), "control: a running lab is visible"
+    started = time.monotonic()
+    lab.down()
+    down_seconds = time.monotonic() - started
+    assert _leftovers() == []
+    assert down_seconds < 15
+
+    # A run that dies without tearing down (kill -9, a crash): everything stays.
+    crash = subprocess.run(
+        [sys.executable, "-c", "import os; from tests.lab.lab import Lab; Lab().up(); os._exit(1)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    assert crash.returncode == 1, crash.stderr
+    assert _leftovers(), "the crashed run left its lab"
+
+    started = time.monotonic()
+    lab.up()
+    up_seconds = time.monotonic() - started
+    assert up_seconds < 15
+    assert ssh_from_natpi(lab, "hostname").stdout == "gw\n"
+    print(f"lab down {down_seconds:.1f} s, up after a crash {up_seconds:.1f} s")
