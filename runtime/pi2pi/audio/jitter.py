@@ -113,6 +113,48 @@ class _Packet:
     arrival_ms: float
 
 
+class WindowExtremes:
+    """Max and min of the values seen over a sliding time window, O(1) amortised."""
+
+    def __init__(self, window_ms: float) -> None:
+        self.window_ms = window_ms
+        self._max: Deque[Tuple[float, float]] = collections.deque()
+        self._min: Deque[Tuple[float, float]] = collections.deque()
+
+    def add(self, now_ms: float, value: float) -> None:
+        while self._max and self._max[-1][1] <= value:
+            self._max.pop()
+        self._max.append((now_ms, value))
+        while self._min and self._min[-1][1] >= value:
+            self._min.pop()
+        self._min.append((now_ms, value))
+        self.expire(now_ms)
+
+    def expire(self, now_ms: float) -> None:
+        horizon = now_ms - self.window_ms
+        while self._max and self._max[0][0] < horizon:
+            self._max.popleft()
+        while self._min and self._min[0][0] < horizon:
+            self._min.popleft()
+
+    def clear(self) -> None:
+        self._max.clear()
+        self._min.clear()
+
+    def empty(self) -> bool:
+        return not self._max
+
+    def maximum(self) -> float:
+        return self._max[0][1]
+
+    def minimum(self) -> float:
+        return self._min[0][1]
+
+    def earliest_minimum(self) -> Tuple[float, float]:
+        """(time, value) of the window's minimum."""
+        return self._min[0]
+
+
 class JitterBuffer:
     """Thread-safe queue of packets with arrival times and a jitter estimate."""
 
@@ -122,10 +164,12 @@ class JitterBuffer:
         self._queue: Deque[_Packet] = collections.deque()
         self._fill_ms = 0.0
         self._sent_ms = 0.0          # the sender's audio time of the next packet, this stream
-        self._lateness: Deque[Tuple[float, float]] = collections.deque()
+        self._lateness = WindowExtremes(settings.window_s * 1000.0)
+        self._pushed = 0
         self._first: Optional[Tuple[float, float]] = None   # (arrival, lateness) of this stream's start
         self._drift: List[Tuple[float, float]] = []          # (span_ms, ppm) per finished stream
         self._last_lateness: Optional[Tuple[float, float]] = None
+        self._stream_start = 0.0
         self.ended = False
 
     def mark_ended(self) -> None:
@@ -140,18 +184,22 @@ class JitterBuffer:
             self._close_drift()
             self._sent_ms = 0.0
             self._lateness.clear()
+            self._pushed = 0
 
     def push(self, payload: bytes, duration_ms: float, now_ms: float) -> None:
         with self._lock:
             lateness = now_ms - self._sent_ms
             self._sent_ms += duration_ms
-            self._lateness.append((now_ms, lateness))
-            horizon = now_ms - self.settings.window_s * 1000.0
-            while self._lateness and self._lateness[0][0] < horizon:
-                self._lateness.popleft()
+            self._lateness.add(now_ms, lateness)
+            self._pushed += 1
+            # drift: the least-delayed packet near the stream's start against the
+            # least-delayed one of the latest window (the queueing noise cancels out)
             if self._first is None:
+                self._stream_start = now_ms
                 self._first = (now_ms, lateness)
-            self._last_lateness = (now_ms, lateness)
+            elif now_ms - self._stream_start < self.settings.window_s * 1000.0 and lateness < self._first[1]:
+                self._first = (now_ms, lateness)
+            self._last_lateness = self._lateness.earliest_minimum()
             self.ended = False
             self._queue.append(_Packet(payload, duration_ms, now_ms))
             self._fill_ms += duration_ms
@@ -175,10 +223,9 @@ class JitterBuffer:
     def jitter_ms(self) -> float:
         """Spread of lateness over the window: how far arrivals scatter."""
         with self._lock:
-            if len(self._lateness) < 2:
+            if self._pushed < 2 or self._lateness.empty():
                 return 0.0
-            values = [late for _, late in self._lateness]
-            return max(values) - min(values)
+            return self._lateness.maximum() - self._lateness.minimum()
 
     def _close_drift(self) -> None:
         if self._first is not None and self._last_lateness is not None:
@@ -231,7 +278,7 @@ class Playout:
         self.counters = PlayoutCounters()
         self.playing = False          # False: buffering (silence until the target is held)
         self._dry_ms = 0.0            # concealment played since the buffer ran dry
-        self._waits: Deque[Tuple[float, float]] = collections.deque()  # (now, wait) per popped packet
+        self._waits = WindowExtremes(self.settings.delay_window_s * 1000.0)  # wait per popped packet
         self._silence_rms = 32768.0 * 10 ** (self.settings.silence_dbfs / 20.0)
         self._step_ms: Optional[float] = None   # when the delay was last changed on purpose
 
@@ -241,12 +288,10 @@ class Playout:
         return min(s.max_ms, max(s.min_ms, self.buffer.jitter_ms() + s.min_ms))
 
     def delay_ms(self, now_ms: float) -> Optional[float]:
-        horizon = now_ms - self.settings.delay_window_s * 1000.0
-        while self._waits and self._waits[0][0] < horizon:
-            self._waits.popleft()
-        if not self._waits:
+        self._waits.expire(now_ms)
+        if self._waits.empty():
             return None
-        return max(wait for _, wait in self._waits)
+        return self._waits.maximum()
 
     def silence(self, samples: Optional[int] = None) -> np.ndarray:
         return np.zeros((samples or self.frame_samples) * self.channels, dtype=np.int16)
@@ -259,7 +304,7 @@ class Playout:
 
     # -- one frame --------------------------------------------------------
     def _decoded(self, packet: _Packet, now_ms: float) -> np.ndarray:
-        self._waits.append((now_ms, now_ms - packet.arrival_ms))
+        self._waits.add(now_ms, now_ms - packet.arrival_ms)
         self.counters.wait_sum_ms += now_ms - packet.arrival_ms
         pcm = self.decode(packet.payload)
         if pcm is None:
@@ -273,9 +318,10 @@ class Playout:
         """The PCM to hand the device now (interleaved int16)."""
         c = self.counters
         fill = self.buffer.fill_ms()
-        target = self.target_ms()
+        jitter = self.buffer.jitter_ms()
+        target = min(self.settings.max_ms, max(self.settings.min_ms, jitter + self.settings.min_ms))
         c.target_ms = target
-        c.jitter_ms = self.buffer.jitter_ms()
+        c.jitter_ms = jitter
         c.frames += 1
         c.buffer_sum_ms += fill
         c.buffer_max_ms = max(c.buffer_max_ms, fill)

@@ -149,9 +149,14 @@ def run(settings: Settings) -> int:
     jitter = JitterSettings(min_ms=settings.buffer, max_ms=settings.buffer_max)
     buffer = JitterBuffer(jitter)
     stop = threading.Event()
-    receiver = Receiver(settings, token, buffer, stop)
     recorder = Recorder(settings.record, settings.rate, settings.channels, settings.record_split) \
         if settings.record else None
+    try:
+        receiver = Receiver(settings, token, buffer, stop)
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        raise
     decoder = Decoder(settings.rate, settings.channels)
     rejected_logged = [0]
 
