@@ -66,24 +66,28 @@ def align(ref: np.ndarray, out: np.ndarray) -> Tuple[int, float]:
 
 
 def window_lags(ref: np.ndarray, out: np.ndarray, lag: int, rate: int, window_s: float = 0.05,
-                search_s: float = 0.03, min_rms: float = 500.0) -> List[Tuple[int, int, float]]:
+                search_s: float = 0.25, min_rms: float = 500.0) -> List[Tuple[int, int, float]]:
     """For each window of ref with sound: (ref position, lag found, correlation).
 
-    A constant lag means every stretch of the input came out once, in order.
+    A constant lag means every stretch of the input came out once, in order; a
+    lag that grows means something was inserted (a gap, concealment), one that
+    shrinks means a stretch went missing.
     """
     win = int(rate * window_s)
     search = int(rate * search_s)
     results = []
-    for start in range(search, len(ref) - win - search, win):
+    for start in range(0, len(ref) - win, win):
         seg = ref[start:start + win].astype(np.float64)
         if np.sqrt(np.mean(seg * seg)) < min_rms:
             continue
-        lo = start + lag - search
-        hi = start + lag + search + win
-        if lo < 0 or hi > len(out):
+        lo = max(0, start + lag - search)
+        hi = min(len(out), start + lag + search + win)
+        if hi - lo < win:
             continue
         region = out[lo:hi].astype(np.float64)
-        corr = np.correlate(region, seg, mode="valid")
+        size = 1 << int(np.ceil(np.log2(region.size + win)))
+        corr = np.fft.irfft(np.fft.rfft(region, size) * np.conj(np.fft.rfft(seg, size)), size)
+        corr = corr[:region.size - win + 1]
         best = int(np.argmax(corr))
         energy = np.sqrt(np.sum(seg * seg) * np.sum(region[best:best + win] ** 2)) or 1.0
         results.append((start, lo + best - start, float(corr[best] / energy)))
