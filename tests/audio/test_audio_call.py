@@ -260,7 +260,7 @@ def test_bad_input_is_logged_counted_and_survived(tmp_path):
         stats = stop_listen(tmp_path, proc)
     log = (tmp_path / "listen.log").read_text()
     assert "Traceback" not in log
-    assert stats["zero_length"] == 5
+    assert stats["zero_length"] >= 5                            # (the stranger may add some)
     assert stats["rejected"] >= 2
     assert stats["stalls"] == 1 and stats["reconnects"] == 2
     assert "zero length" in log and "stalled" in log
