@@ -214,7 +214,8 @@ echo "$host" > /etc/hostname
 printf '127.0.1.1\t%s\n' "$host" >> /etc/hosts
 if [ -n "${LAB_FIREWALL:-}" ]; then printf '%s' "$LAB_FIREWALL" | iptables-restore; fi
 [ -n "${LAB_USER:-}" ] || exit 0
-useradd --create-home --shell /bin/bash --password '*' "$LAB_USER"
+# (A machine that is itself a Pi may already have a pi: the host reuses it.)
+id -u "$LAB_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --password '*' "$LAB_USER"
 printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' "$LAB_USER" > "/etc/sudoers.d/pi2pi-lab-$LAB_USER"
 chmod 0440 "/etc/sudoers.d/pi2pi-lab-$LAB_USER"
 home=$(getent passwd "$LAB_USER" | cut -d: -f6)
@@ -294,8 +295,10 @@ class Lab:
         self.natpi_public = ADDR["natpi_public"]
         self._holders: Dict[str, int] = {}
         self._holder_procs: List[subprocess.Popen] = []
+        self._netem_procs: Dict[str, LabProcess] = {}
         self._lock: Optional[socket.socket] = None
         self._atexit_registered = False
+        self.timings: Dict[str, float] = {}  # seconds the last up (not counting waiting) and down took
 
     # ----- life cycle -------------------------------------------------------------
 
@@ -307,7 +310,7 @@ class Lab:
         """
         _require_root()
         started = time.monotonic()
-        self._acquire(wait)
+        waited = self._acquire(wait)
         try:
             if not self.persistent and not self._atexit_registered:
                 atexit.register(self.down)
@@ -316,13 +319,20 @@ class Lab:
         except BaseException:
             self.down()
             raise
-        log.info("lab up in %.1f s", time.monotonic() - started)
+        self.timings["up"] = time.monotonic() - started - waited
+        log.info("lab up in %.1f s", self.timings["up"])
 
     def down(self) -> None:
         """Remove every namespace, process, mount and file the lab made."""
         _require_root()
         started = time.monotonic()
         owner = _read_owner()
+        if (self._lock is None and not self.persistent and not owner.get("persistent")
+                and owner.get("pid") != os.getpid() and _pid_alive(owner.get("pid", 0))):
+            # A test session's Lab that is not up (its up failed or waited in
+            # vain) must not pull another live session's lab from under it.
+            log.info("the lab up now belongs to process %s; leaving it", owner["pid"])
+            return
         self._teardown()
         dirs = {self.state_dir}
         if owner.get("state_dir"):
@@ -337,7 +347,8 @@ class Lab:
             atexit.unregister(self.down)
             self._atexit_registered = False
         self.natpi_public = ADDR["natpi_public"]
-        log.info("lab down in %.1f s", time.monotonic() - started)
+        self.timings["down"] = time.monotonic() - started
+        log.info("lab down in %.1f s", self.timings["down"])
 
     def status(self) -> Dict[str, Dict[str, object]]:
         """Per host: does its namespace exist, its holder pid, what listens on TCP."""
@@ -453,6 +464,7 @@ class Lab:
             proc.kill()
             raise LabError(f"{host}: the netem emulator did not start: {proc.communicate()[1]!r}")
         proc.stdout.close()
+        self._netem_procs[host] = proc
         self.run(far, f"iptables -t mangle -A PREROUTING {_netem_rule(host)}")
 
     def _clear_netem(self, host: str) -> None:
@@ -462,6 +474,10 @@ class Lab:
             far = NETEM_FAR_END[host][0]
             self.run(far, f"while iptables -t mangle -D PREROUTING {_netem_rule(host)} 2>/dev/null;"
                           f" do :; done; pkill -f '^pi2pi-lab-netem-{host} ' || true")
+        proc = self._netem_procs.pop(host, None)
+        if proc is not None:
+            proc.kill()
+            _finish(proc)
 
     def set_natpi_public(self, addr: str) -> None:
         """Give the ISP's WAN (natpi's public address) a new address on the Internet segment."""
@@ -606,6 +622,9 @@ class Lab:
             time.sleep(0.05)
         self._reap_holders()
         self._holders.clear()
+        for proc in self._netem_procs.values():
+            _finish(proc)
+        self._netem_procs.clear()
         for name in names:
             result = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
             if result.returncode != 0 and os.path.exists(f"/run/netns/{name}"):
@@ -618,12 +637,14 @@ class Lab:
 
     # ----- helpers ----------------------------------------------------------------
 
-    def _acquire(self, wait: float) -> None:
+    def _acquire(self, wait: float) -> float:
+        """Take the machine's lab lock; returns the seconds spent waiting for another session."""
         if self._lock is not None:
             raise LabError("this lab is already up; call down() first")
         lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.monotonic()
         deadline = started + wait
+        waited = 0.0
         told = False
         while True:
             try:
@@ -649,6 +670,7 @@ class Lab:
                     log.warning("the lab is in use by process %s (another test session); waiting", pid)
                     told = True
                 time.sleep(0.5)
+                waited += 0.5
             else:
                 # Left up by `python -m tests.lab up` or by a run that crashed:
                 # its holders keep the lock until they are gone.
@@ -657,6 +679,7 @@ class Lab:
                 time.sleep(0.05)
         self._lock = lock
         _write_owner(self.state_dir, self.persistent)
+        return waited
 
     def _hidden_state_dir(self) -> str:
         for d in OVERLAY_DIRS:
@@ -735,6 +758,14 @@ class Lab:
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network and mount namespaces, iptables)")
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    """Reap a process that was killed, and close its pipes."""
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _netem_rule(host: str) -> str:

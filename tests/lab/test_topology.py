@@ -7,6 +7,7 @@ so a probe that could never succeed proves nothing and fails the test instead.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -136,7 +137,7 @@ def test_reverse_tunnel_from_natpi_gives_gw_ssh_back_to_natpi(lab: Lab) -> None:
         assert lab.run("gw", back, user="admin").stdout == "natpi\n"
     finally:
         tunnel.terminate()
-        tunnel.wait(timeout=10)
+        tunnel.communicate(timeout=10)
     deadline = time.monotonic() + 10
     while lab.run("gw", "ss -Hltn 'sport = :2345'").stdout.strip():
         assert time.monotonic() < deadline, "the tunnel's port outlived the tunnel"
@@ -157,8 +158,10 @@ def test_faults_are_real(lab: Lab) -> None:
     finally:
         lab.netem("natpi", None)
     fast = connect_ms(lab, "natpi", GW, GW_PORT, 10)
-    assert 150 - 5 <= min(slow) and max(slow) <= 250 + 20, slow
-    assert max(fast) < 100, fast
+    # Delay only adds, so the floor is firm; a busy machine can only add more.
+    assert min(slow) >= 150 - 5 and statistics.median(slow) < 400, slow
+    assert max(slow) - min(slow) > 20, f"no jitter: {slow}"
+    assert min(fast) < 50, fast
     lab.netem("natpi", "loss 50%")
     try:
         lossy = connect_ms(lab, "natpi", GW, GW_PORT, 20, timeout=0.5)
@@ -222,11 +225,9 @@ def _leftovers() -> List[str]:
 def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
     """Runs last in this module: it takes the module's lab down and builds it again."""
     assert _leftovers(), "control: a running lab is visible"
-    started = time.monotonic()
     lab.down()
-    down_seconds = time.monotonic() - started
     assert _leftovers() == []
-    assert down_seconds < 15
+    assert lab.timings["down"] < 15
 
     # A run that dies without tearing down (kill -9, a crash): everything stays.
     crash = subprocess.run(
@@ -235,9 +236,7 @@ def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
     assert crash.returncode == 1, crash.stderr
     assert _leftovers(), "the crashed run left its lab"
 
-    started = time.monotonic()
     lab.up()
-    up_seconds = time.monotonic() - started
-    assert up_seconds < 15
+    assert lab.timings["up"] < 15  # tearing the crashed lab down included
     assert ssh_from_natpi(lab, "hostname").stdout == "gw\n"
-    print(f"lab down {down_seconds:.1f} s, up after a crash {up_seconds:.1f} s")
+    print(f"lab down {lab.timings['down']:.1f} s, up after a crash {lab.timings['up']:.1f} s")
