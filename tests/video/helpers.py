@@ -26,6 +26,8 @@ def free_port() -> int:
 class Program:
     """A pi2pi program in a subprocess, its stderr collected line by line."""
 
+    started: List["Program"] = []  # conftest kills whatever a failed test left running
+
     def __init__(self, args: List[str], cwd: Path) -> None:
         env = dict(os.environ, PI2PI_CONFIG=str(cwd / "none.conf"))
         (cwd / "none.conf").write_text("")
@@ -34,6 +36,7 @@ class Program:
         self.lines: List[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Program.started.append(self)
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

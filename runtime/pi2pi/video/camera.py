@@ -1,12 +1,13 @@
 """Capture video (V4L2 or a test pattern), JPEG it and send it to the viewer.
 
-Two threads: the capture thread takes the newest frame from the source,
-encodes it (or passes a device's JPEG through) and leaves it in a one-frame
-slot; the sender thread takes whatever is newest there and writes it to the
-peer. A frame replaced in the slot before it was sent is dropped and counted:
-nothing queues. The sender also waits, before each frame, until the peer has
-acknowledged all but about one frame of what was sent, so a slow link drops
-frames here instead of filling the kernel's buffers with old ones.
+Two threads: the capture thread takes the newest frame from the source and
+leaves it in a one-frame slot; the sender thread takes whatever is newest
+there, encodes it (or passes a device's JPEG through) and writes it to the
+peer. A frame replaced in the slot before it was taken is dropped and counted:
+nothing queues, and only frames that will be sent are encoded. Before each
+frame the sender waits until the peer has acknowledged all but half a frame
+(--inflight) of what was sent, so a slow link drops frames here instead of
+filling the kernel's buffers with old ones.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Settings(config.Common):
     stall: float = 5.0            # seconds a peer may leave a frame unacknowledged before we give up on it
     buffers: int = 4              # V4L2 capture buffers
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
+    inflight: float = 0.5         # frames the peer may leave unacknowledged before the next is sent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,13 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up on a peer that acknowledges nothing for this long (default 5)")
     parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers (default 4)")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
-
-
-@dataclass
-class Encoded:
-    seq: int
-    stamp_us: int
-    payload: bytes
+    parser.add_argument("--inflight", type=float, default=S, metavar="FRAMES",
+                        help="unacknowledged frames allowed before sending the next (default 0.5; "
+                             "raise it for round trips longer than a frame interval)")
 
 
 class Counters:
@@ -86,32 +84,23 @@ def check(settings: Settings) -> None:
         raise config.ConfigError(f"fps {settings.fps}: want 0..240 (0: as fast as possible)")
     if settings.fps == 0 and settings.source.startswith("/dev/"):
         raise config.ConfigError("fps 0 (unpaced) is only for the test pattern or a clip; a camera needs a rate")
+    if not 0 <= settings.inflight <= 100:
+        raise config.ConfigError(f"inflight {settings.inflight}: want 0..100 frames")
     if not 1024 <= settings.max_frame <= 64 << 20:
         raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
 
 
-def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, quality: int, run: ProgramRun) -> None:
-    from pi2pi.video.jpeg import Codec  # heavy: loaded when the camera runs
-
-    codec = Codec.open()
+def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, paced: bool,
+                 run: ProgramRun) -> None:
+    """Newest frame into the slot; an unpaced source (fps 0) makes one only when the last was taken."""
     while not run.should_stop():
+        if not paced and not slot.wait_empty(0.2):
+            continue
         frame = source.read(run.stop)
         if frame is None:
             continue
         counters.captured += 1
-        if frame.jpeg is not None:
-            payload = frame.jpeg
-        else:
-            started = time.perf_counter()
-            payload = codec.encode_yuv(frame.yuv, frame.width, frame.height, quality, frame.subsample)
-            counters.encode_ms.add((time.perf_counter() - started) * 1000)
-        counters.encoded += 1
-        if counters.cpu_start is None:
-            counters.cpu_start = time.process_time()
-        if len(payload) > sender.max_frame:
-            log.warning("frame %d is %d bytes, beyond max_frame %d: not sent", frame.seq, len(payload), sender.max_frame)
-            continue
-        if slot.put(Encoded(frame.seq, frame.stamp_us, payload)) and sender.connected:
+        if slot.put(frame) and sender.connected:
             counters.dropped += 1
 
 
@@ -126,7 +115,13 @@ class Sender:
         self.max_frame = settings.max_frame
         self.stall_s = settings.stall
         self.once = settings.once
+        self.inflight = settings.inflight
+        self.quality = settings.quality
+        self.last_size = 0          # bytes of the last frame sent: the in-flight budget's unit
         self.connected = False
+        from pi2pi.video.jpeg import Codec  # heavy: loaded when the camera runs
+
+        self.codec = Codec.open()
 
     def loop(self) -> None:
         while not self.run.stop.is_set():
@@ -158,10 +153,10 @@ class Sender:
                 if peer_hung_up(sock):
                     return "the peer closed the connection"
                 continue
-            # Wait until the peer holds all but about one frame of what we sent;
+            # Wait until the peer holds all but `inflight` frames of what we sent;
             # meanwhile newer frames replace this one (dropped, counted).
             waited_since = time.monotonic()
-            while unacked_bytes(sock) > len(item.payload):
+            while unacked_bytes(sock) > self.inflight * self.last_size:
                 if self.run.stop.wait(0.001):
                     return None
                 if time.monotonic() - waited_since > self.stall_s:
@@ -170,21 +165,42 @@ class Sender:
                 if newer is not None:
                     counters.dropped += 1
                     item = newer
+            payload = self.encode(item)
+            if payload is None:
+                continue
             try:
                 sock.settimeout(self.stall_s)
-                sock.sendall(wire.pack_video_frame(item.seq, item.payload, item.stamp_us))
+                sock.sendall(wire.pack_video_frame(item.seq, payload, item.stamp_us))
             except socket.timeout:
                 return f"sending stalled for {self.stall_s:.1f} s"
             except OSError as err:
                 return f"send failed: {err.strerror or err}"
             now = time.monotonic()
             counters.frames += 1
-            counters.bytes += wire.VIDEO_HEADER.size + len(item.payload)
+            counters.bytes += wire.VIDEO_HEADER.size + len(payload)
             counters.latency_ms.add((net.now_us() - item.stamp_us) / 1000)
             if counters.first_sent is None:
                 counters.first_sent = now
             counters.last_sent = now
         return None
+
+    def encode(self, frame: Any) -> Optional[bytes]:
+        """The frame's JPEG: the device's own, or TurboJPEG from YUV (timed, counted)."""
+        counters = self.counters
+        if frame.jpeg is not None:
+            payload = frame.jpeg
+        else:
+            started = time.perf_counter()
+            payload = self.codec.encode_yuv(frame.yuv, frame.width, frame.height, self.quality, frame.subsample)
+            counters.encode_ms.add((time.perf_counter() - started) * 1000)
+        counters.encoded += 1
+        if counters.cpu_start is None:
+            counters.cpu_start = time.process_time()
+        if len(payload) > self.max_frame:
+            log.warning("frame %d is %d bytes, beyond max_frame %d: not sent", frame.seq, len(payload), self.max_frame)
+            return None
+        self.last_size = len(payload)
+        return payload
 
 
 def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], started: float) -> Dict[str, Any]:
@@ -240,12 +256,13 @@ def run(settings: Settings) -> int:
         state["link"] = link
         if link.address:
             log.info("listening on %s:%d", *link.address)
-        slot: LatestSlot[Encoded] = LatestSlot()
+        slot: LatestSlot[Any] = LatestSlot()
         sender = Sender(link, slot, counters, run_, settings)
         thread = threading.Thread(target=sender.loop, name="sender", daemon=True)
         thread.start()
         try:
-            capture_loop(source, slot, sender, counters, settings.quality, run_)
+            capture_loop(source, slot, sender, counters, settings.fps > 0 or settings.source.startswith("/dev/"),
+                         run_)
         except sources.SourceError as err:
             log.error("%s", err)
             run_.end(f"error: {err}")

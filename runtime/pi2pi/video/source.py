@@ -90,7 +90,9 @@ class TestPatternSource:
         seq = self.seq
         self.seq += 1
         stamp = now_us()
-        return Frame(seq, stamp, yuv=self.pattern.render(seq), width=self.width, height=self.height)
+        # A copy: the pattern draws the next frame into the same buffer while this one is encoded.
+        yuv = self.pattern.render(seq).copy()
+        return Frame(seq, stamp, yuv=yuv, width=self.width, height=self.height)
 
     def close(self) -> None:
         pass
@@ -344,18 +346,19 @@ class V4L2Source:
                 return None
             return Frame(seq, stamp, jpeg=payload, width=self.width, height=self.height)
         raw = np.frombuffer(data, dtype=np.uint8, count=used)
+        out = np.zeros_like(self.yuv)  # a new buffer per frame: the sender encodes it while we capture
         need = self.width * self.height * (2 if self.format == "YUYV" else 3) // (1 if self.format == "YUYV" else 2)
         if used < need:
             self.corrupt += 1
             log.warning("camera %s: short buffer (%d of %d bytes) skipped", self.path, used, need)
             return None
         if self.format == "YUYV":
-            yuv = jpeglib.yuyv_to_planar422(raw, self.width, self.height, self.yuv)
+            yuv = jpeglib.yuyv_to_planar422(raw, self.width, self.height, out)
         elif self.format == "NV12":
-            yuv = jpeglib.nv12_to_planar420(raw, self.width, self.height, self.yuv)
+            yuv = jpeglib.nv12_to_planar420(raw, self.width, self.height, out)
         else:
-            yuv = jpeglib.i420_padded(raw, self.width, self.height, self.yuv)
-            if yuv is not self.yuv:
+            yuv = jpeglib.i420_padded(raw, self.width, self.height, out)
+            if yuv is not out:
                 yuv = np.copy(yuv)  # the driver reuses this buffer once it is queued again
         return Frame(seq, stamp, yuv=yuv, subsample=self.subsample, width=self.width, height=self.height)
 

@@ -24,6 +24,7 @@ from pi2pi.lifecycle import ProgramRun
 log = logging.getLogger(__name__)
 
 STREAM = "video"
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 
 @dataclass
@@ -154,6 +155,7 @@ class Receiver:
                 log.warning("closing the connection: frame %d is not a JPEG: %s", header.seq, err)
                 return
             last_frame_at = time.monotonic()
+            quick_ack(sock)
             counters.received += 1
             counters.bytes += wire.VIDEO_HEADER.size + len(payload)
             if counters.last_seq is not None and header.seq > counters.last_seq + 1:
@@ -161,6 +163,14 @@ class Receiver:
             counters.last_seq = header.seq
             if self.slot.put(Received(header, payload, sock)):
                 counters.dropped += 1
+
+
+def quick_ack(sock: socket.socket) -> None:
+    """Acknowledge now, not after the delayed-ACK timer (~40 ms): the camera paces itself on our ACKs."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+    except OSError:
+        pass
 
 
 class Painter:
