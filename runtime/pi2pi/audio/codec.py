@@ -29,6 +29,7 @@ class CodecSettings:
     channels: int = 1
     bitrate: int = 32000   # bits per second, explicit (the encoder's default would be higher)
     frame_ms: int = 20
+    complexity: int = 10   # Opus's default; 5 halves the encoder's CPU on a busy Pi
 
     @property
     def frame_samples(self) -> int:
@@ -45,6 +46,7 @@ class Encoder:
         ctl = opuslib.api.encoder.encoder_ctl
         ctl(self.state, opuslib.api.ctl.set_bitrate, settings.bitrate)
         ctl(self.state, opuslib.api.ctl.set_signal, opuslib.SIGNAL_VOICE)
+        ctl(self.state, opuslib.api.ctl.set_complexity, settings.complexity)
         # DTX would send nothing in silence, which the seed's listener reads as loss.
         ctl(self.state, opuslib.api.ctl.set_dtx, 0)
 

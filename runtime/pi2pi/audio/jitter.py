@@ -92,6 +92,7 @@ class PlayoutCounters:
     rejected: int = 0        # packets the decoder refused (replaced by concealment)
     overflow: int = 0        # times the fill passed max_ms
     skipped: int = 0         # packets skipped before playing started (a connection's first burst)
+    underrun_at_s: List[float] = field(default_factory=list)   # since playing first began (first 100)
     buffer_sum_ms: float = 0.0
     wait_sum_ms: float = 0.0     # time packets spent in the buffer, summed
     buffer_max_ms: float = 0.0
@@ -281,6 +282,7 @@ class Playout:
         self._waits = WindowExtremes(self.settings.delay_window_s * 1000.0)  # wait per popped packet
         self._silence_rms = 32768.0 * 10 ** (self.settings.silence_dbfs / 20.0)
         self._step_ms: Optional[float] = None   # when the delay was last changed on purpose
+        self._first_play_ms: Optional[float] = None
 
     # -- levels -----------------------------------------------------------
     def target_ms(self) -> float:
@@ -346,6 +348,8 @@ class Playout:
             start_trim_ms = now_ms - head - target if head is not None else 0.0
             self.playing = True
             self._step_ms = now_ms
+            if self._first_play_ms is None:
+                self._first_play_ms = now_ms
             log.info("playing: buffer %.0f ms, target %.0f ms", self.buffer.fill_ms(), target)
 
         packet = self.buffer.pop()
@@ -355,6 +359,8 @@ class Playout:
         if packet is None:
             if self._dry_ms == 0.0:
                 c.underruns += 1
+                if self._first_play_ms is not None and len(c.underrun_at_s) < 100:
+                    c.underrun_at_s.append(round((now_ms - self._first_play_ms) / 1000.0, 3))
                 log.debug("underrun: buffer ran dry (target %.0f ms)", target)
             self._dry_ms += self.frame_ms
             if self._dry_ms > self.settings.rebuffer_ms:

@@ -27,7 +27,7 @@ class Settings(config.Common):
     mixer_device: str = "default"
     volume: Optional[int] = None
     mute: bool = False
-    buffer: float = 10.0           # jitter buffer minimum, ms (the seed: 2048 bytes ~ 10.7 ms)
+    buffer: float = 5.0            # jitter buffer minimum, ms (the seed started at 2048 bytes ~ 10.7 ms)
     buffer_max: float = 680.0      # jitter buffer maximum, ms (the seed: 131072 bytes ~ 683 ms)
     record: Optional[str] = None   # FILE.wav: what is heard
     record_split: float = 0.0      # seconds per file (FILE-0001.wav, ...); 0 = one file

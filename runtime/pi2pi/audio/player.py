@@ -196,6 +196,7 @@ def run(settings: Settings) -> int:
             "overflow": p.overflow,
             "skipped": p.skipped,
             "wait_ms_mean": p.mean_wait_ms(),
+            "underrun_at_s": p.underrun_at_s,
             "frames_played": p.played,
             "device_underruns": playback.underruns if playback else 0,
             "target_ms": round(p.target_ms, 1),

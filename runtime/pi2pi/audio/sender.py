@@ -95,7 +95,7 @@ def peer_gone(sock: socket.socket) -> bool:
 
 def run(settings: Settings) -> int:
     token = net.load_token(settings.token_file)
-    codec = CodecSettings(settings.rate, settings.channels, settings.bitrate)
+    codec = CodecSettings(settings.rate, settings.channels, settings.bitrate, complexity=settings.complexity)
     device = DeviceSettings(settings.device, settings.rate, settings.channels,
                             settings.period_ms, settings.periods, settings.pace)
     counters = TalkCounters()

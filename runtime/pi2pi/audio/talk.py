@@ -22,7 +22,8 @@ class Settings(config.Common):
     rate: int = 48000
     channels: int = 1
     bitrate: int = 32000           # bits/s; a 20 ms packet of ~80 bytes, as the seed saw (50-100)
-    period_ms: float = 5.0         # ALSA capture period; frames are always 20 ms
+    complexity: int = 10           # Opus encoder complexity 0..10 (CPU against quality)
+    period_ms: float = 10.0        # ALSA capture period; frames (20 ms) are whole periods: no added delay
     periods: int = 4
     pace: str = "device"           # "clock" for ALSA file/null devices, which are not real time
     mixer: Optional[str] = None    # capture mixer control to set, e.g. "Mic"; none: leave it
@@ -38,6 +39,8 @@ class Settings(config.Common):
         check_audio(self.rate, self.channels, self.period_ms, self.periods, self.pace, self.volume)
         if not 6000 <= self.bitrate <= 510000:
             raise config.ConfigError(f"bitrate {self.bitrate}: Opus takes 6000..510000 bits/s")
+        if not 0 <= self.complexity <= 10:
+            raise config.ConfigError(f"complexity {self.complexity}: want 0..10")
         if self.max_backlog_ms < 20 or self.stall_s <= 0:
             raise config.ConfigError("max_backlog_ms must be at least 20 and stall_s positive")
 
@@ -78,6 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     add_device_arguments(parser, "capture")
     parser.add_argument("--bitrate", type=int, metavar="BPS", default=S, help="Opus bitrate, bits/s")
+    parser.add_argument("--complexity", type=int, metavar="0..10", default=S,
+                        help="Opus encoder complexity (10 = best, 5 = half the CPU)")
     parser.add_argument("--max-backlog-ms", dest="max_backlog_ms", type=float, metavar="MS", default=S,
                         help="audio allowed to queue in TCP before frames are dropped")
 

@@ -1,0 +1,259 @@
+"""Audio benchmark: `make bench-audio` (= python -m tests.bench.audio).
+
+What it measures, side by side in one run (docs/audio.md explains the choices):
+
+1. clean link: talk -> TCP (loopback) -> listen with the default buffer; a click
+   every 0.5 s goes in and is found in what listen heard: mouth-to-ear latency.
+   CPU of each program per second of audio, against Opus alone in this process.
+2. jitter: the same through a relay that holds every chunk 50 ms +- 30 ms
+   (uniform) and keeps TCP's order (netem's delay/jitter as the receiver sees
+   it; this kernel has no sch_netem): underruns per minute after the first
+   second, the largest latency.
+3. drift: an hour with the sender's clock 200 ppm fast, on a simulated clock:
+   the jitter buffer's largest fill and the hard cuts found in the output.
+
+Real time: ALSA's null/file devices are not paced, so both programs run with
+--pace clock (the wall clock stands in for the sound card; listen emulates a
+device holding its ALSA buffer). The hardware lab's snd-aloop figure, when its
+JSON is under out/hw/, is printed beside ours.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from tests.audio import analysis, harness
+from tests.audio.simulate import simulate
+
+RATE = 48000
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class JitterRelay:
+    """TCP relay: each chunk leaves `delay_ms` +- `jitter_ms` after it came, never before an earlier one."""
+
+    def __init__(self, target_port: int, delay_ms: float, jitter_ms: float, seed: int = 7) -> None:
+        self.target_port = target_port
+        self.delay_s = delay_ms / 1000.0
+        self.jitter_s = jitter_ms / 1000.0
+        self.rng = random.Random(seed)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        out = socket.create_connection(("127.0.0.1", self.target_port))
+        for s in (conn, out):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        queue: List[Tuple[float, bytes]] = []
+        lock = threading.Condition()
+
+        def forward() -> None:
+            while not self.stop.is_set():
+                with lock:
+                    while not queue and not self.stop.is_set():
+                        lock.wait(0.1)
+                    if not queue:
+                        continue
+                    due, data = queue[0]
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                with lock:
+                    queue.pop(0)
+                try:
+                    out.sendall(data)
+                except OSError:
+                    return
+
+        threading.Thread(target=forward, daemon=True).start()
+        last_due = 0.0
+        while not self.stop.is_set():
+            data = conn.recv(65536)
+            if not data:
+                break
+            due = time.monotonic() + self.delay_s + self.rng.uniform(-self.jitter_s, self.jitter_s)
+            last_due = max(last_due, due)   # in order, like TCP: a late segment holds back the rest
+            with lock:
+                queue.append((last_due, data))
+                lock.notify()
+        time.sleep(self.delay_s + self.jitter_s + 0.1)
+        self.stop.set()
+        out.close()
+        conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def run_call(work: Path, seconds: float, listen_args: List[str], via_relay: Optional[Tuple[float, float]] = None,
+             cpu_window: Tuple[float, float] = (3.0, 2.0)) -> Dict:
+    """talk (clicks) -> [relay] -> listen; returns stats, recording, input and CPU figures."""
+    work.mkdir(parents=True, exist_ok=True)
+    clicks, _ = analysis.clicks(RATE, seconds + 2.0, every_s=0.5)
+    env = harness.alsa_env(work / "alsa", clicks)
+    port = harness.free_port()
+    stats = work / "stats"
+    listen = harness.start("listen", ["--listen", f"127.0.0.1:{port}", "--device", "null", "--pace", "clock",
+                                      "--record", str(work / "heard.wav"), "--stats", str(stats),
+                                      "--duration", str(seconds + 30), *listen_args], env, work / "listen.log")
+    relay = None
+    try:
+        harness.wait_listening(port)
+        target = port
+        if via_relay is not None:
+            relay = JitterRelay(port, *via_relay)
+            target = relay.port
+        talk = harness.start("talk", ["--connect", f"127.0.0.1:{target}", "--device", "p2p_in", "--pace", "clock",
+                                      "--duration", str(seconds), "--stats", str(stats)], env, work / "talk.log")
+        time.sleep(cpu_window[0])
+        t0, talk0, listen0 = time.monotonic(), cpu_seconds(talk.pid), cpu_seconds(listen.pid)
+        time.sleep(max(1.0, seconds - cpu_window[0] - cpu_window[1]))
+        t1, talk1, listen1 = time.monotonic(), cpu_seconds(talk.pid), cpu_seconds(listen.pid)
+        harness.finish(talk, seconds + 30)
+        time.sleep(1.0)
+    finally:
+        listen.send_signal(signal.SIGTERM)
+        harness.finish(listen)
+        if relay is not None:
+            relay.close()
+    _, heard = analysis.read_wav(work / "heard.wav")
+    return {
+        "talk": harness.stats(stats, "talk"),
+        "listen": harness.stats(stats, "listen"),
+        "heard": heard,
+        "clicks": clicks,
+        "cpu_talk_pct": (talk1 - talk0) / (t1 - t0) * 100.0,
+        "cpu_listen_pct": (listen1 - listen0) / (t1 - t0) * 100.0,
+    }
+
+
+def click_latencies(run: Dict) -> List[float]:
+    """Capture time of each click in, play time of it out (the programs' own clock anchors)."""
+    talk, listen = run["talk"], run["listen"]
+    if talk.get("capture_start_unix") is None or listen.get("record_start_unix") is None:
+        return []
+    ins = [talk["capture_start_unix"] + i / RATE for i in analysis.onsets(run["clicks"], 4000, RATE // 10)]
+    outs = [listen["record_start_unix"] + o / RATE for o in analysis.onsets(run["heard"], 4000, RATE // 10)]
+    latencies = []
+    for played in outs:
+        before = [c for c in ins if c < played]
+        if before:
+            latencies.append((played - before[-1]) * 1000.0)
+    return latencies
+
+
+def opus_cpu_pct(seconds: float = 10.0) -> float:
+    """Opus encode + decode of `seconds` of 48 kHz mono speech-like audio, in this process."""
+    from pi2pi.audio.codec import CodecSettings, Decoder, Encoder
+    encoder, decoder = Encoder(CodecSettings()), Decoder(RATE, 1)
+    clicks, _ = analysis.clicks(RATE, seconds, every_s=0.05)
+    noise = (np.random.default_rng(3).normal(0, 2000, clicks.size)).astype(np.int16)
+    pcm = (clicks // 2 + noise).astype(np.int16)
+    start = resource.getrusage(resource.RUSAGE_SELF)
+    for i in range(0, pcm.size - 959, 960):
+        decoder.decode(encoder.encode(pcm[i:i + 960].tobytes()))
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    used = (end.ru_utime - start.ru_utime) + (end.ru_stime - start.ru_stime)
+    return used / seconds * 100.0
+
+
+def hw_lab_latency() -> Optional[Dict]:
+    """The hardware lab's snd-aloop result, if one was written under out/hw/."""
+    for path in sorted((ROOT / "out" / "hw").rglob("*.json")) if (ROOT / "out" / "hw").is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and any("latency" in k for k in data) and "audio" in json.dumps(data).lower():
+            return {"file": str(path.relative_to(ROOT)), **{k: v for k, v in data.items() if "latency" in k}}
+    return None
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="pi2pi-bench-audio-"))
+    print(f"pi2pi audio benchmark ({os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}); work in {work}",
+          flush=True)
+
+    print("1/3 clean link, default buffer, 20 s ...", flush=True)
+    clean = run_call(work / "clean", 20.0, [])
+    lat = click_latencies(clean)
+    print("2/3 jitter 50 ms +- 30 ms, 65 s ...", flush=True)
+    jitter = run_call(work / "jitter", 65.0, [], via_relay=(50.0, 30.0))
+    jlat = click_latencies(jitter)
+    late_underruns = [t for t in jitter["listen"].get("underrun_at_s", []) if t > 1.0]
+    minutes = max(1e-9, (jitter["listen"]["packets"] * 0.02 - 1.0) / 60.0)
+    print("3/3 one hour, sender 200 ppm fast, simulated ...", flush=True)
+    t = time.monotonic()
+    drift = simulate(3600.0, drift_ppm=200.0, delay_ms=5.0, jitter_ms=1.0)
+    sim_s = time.monotonic() - t
+    opus_pct = opus_cpu_pct()
+    hw = hw_lab_latency()
+
+    figures = {
+        "latency_ms": round(float(np.median(lat)), 1) if lat else None,
+        "jitter_underruns_per_min": round(len(late_underruns) / minutes, 2),
+        "jitter_latency_max_ms": round(max(jlat), 1) if jlat else None,
+        "drift_buffer_max_ms": round(drift.fill_max_ms, 1),
+        "hard_cuts": len(drift.hard_cuts),
+        "cpu_talk_pct": round(clean["cpu_talk_pct"], 2),
+        "cpu_listen_pct": round(clean["cpu_listen_pct"], 2),
+    }
+    cl, jl = clean["listen"], jitter["listen"]
+    rows = [
+        ("clean: mouth-to-ear latency, median (min..max)",
+         f"{figures['latency_ms']} ms ({min(lat):.1f}..{max(lat):.1f}), {len(lat)} clicks" if lat else "no clicks found",
+         "<= 40 ms"),
+        ("clean: jitter buffer target / mean wait", f"{cl['target_ms']} ms / {cl['wait_ms_mean']} ms", ""),
+        ("clean: underruns / concealed / device underruns",
+         f"{cl['underruns']} / {cl['concealed']} / {cl['device_underruns']}", "0"),
+        ("jitter: underruns after the first second",
+         f"{len(late_underruns)} in {minutes:.2f} min = {figures['jitter_underruns_per_min']}/min", "<= 1/min"),
+        ("jitter: latency max (median)",
+         f"{figures['jitter_latency_max_ms']} ms ({np.median(jlat):.1f})" if jlat else "no clicks found", "< 150 ms"),
+        ("jitter: measured jitter / target", f"{jl['jitter_ms']} ms / {jl['target_ms']} ms", ""),
+        ("drift 200 ppm, 1 h: buffer fill max", f"{figures['drift_buffer_max_ms']} ms "
+         f"(limit {drift.counters.target_ms:.0f}..680 ms), removed {drift.counters.dropped_ms:.0f} ms "
+         f"in {drift.counters.dropped} pauses, {drift.counters.crossfaded} cross-fades; {sim_s:.1f} s to run",
+         "within bounds"),
+        ("drift 200 ppm, 1 h: hard cuts in the output", str(figures["hard_cuts"]), "0"),
+        ("CPU talk / listen, % of one core per s of audio",
+         f"{figures['cpu_talk_pct']} / {figures['cpu_listen_pct']}", "< 2 each"),
+        ("CPU Opus encode+decode alone (same machine, same run)", f"{opus_pct:.2f}", "~0.3"),
+        ("hardware lab snd-aloop latency", json.dumps(hw) if hw else "no result under out/hw/", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'measure'.ljust(width)}  {'result':60}  bar")
+    for name, value, bar in rows:
+        print(f"{name.ljust(width)}  {value:60}  {bar}")
+    print()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
