@@ -3,6 +3,7 @@ who sent which frame, and both write their stats however they end."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -49,20 +50,29 @@ def test_camera_dials_viewer_with_token_and_the_label_arrives(tmp_path: Path) ->
 
 def test_viewer_dials_a_listening_camera_into_a_small_16bpp_screen(tmp_path: Path) -> None:
     port = free_port()
+    (tmp_path / "token").write_text(TOKEN)
     fb, geometry = tmp_path / "fb.raw", "440x340x16"
-    camera = Program(["camera", "--listen", f"127.0.0.1:{port}", "--size", "640x480", "--fps", "25",
-                      "--label", "gwpi-side", "--stats", "stats"], tmp_path)
-    camera.wait_for("listening on")
+    # The dialer starts first and retries until the listener answers.
     viewer = Program(["viewer", "--connect", f"127.0.0.1:{port}", "--fb", str(fb), "--fb-geometry", geometry,
-                      "--at", "20,10", "--stats", "stats"], tmp_path)
+                      "--at", "20,10", "--stats", "stats", "--token-file", "token"], tmp_path)
+    time.sleep(0.5)
+    camera = Program(["camera", "--listen", f"127.0.0.1:{port}", "--size", "640x480", "--fps", "25",
+                      "--label", "gwpi-side", "--stats", "stats", "--token-file", "token", "--once"], tmp_path)
     viewer.wait_for("shown at scale 5/8")   # 640x480 fits 420x330 at 5/8: 400x300
     time.sleep(0.3)
     first = label_at(fb_rgb(fb, geometry), (20, 10), (400, 300), (640, 480))
+    # A second dialer is refused by the listening camera; the viewer keeps getting frames.
+    stranger = socket.create_connection(("127.0.0.1", port), timeout=5)
+    stranger.settimeout(5)
+    assert stranger.recv(100) == b""  # closed without a word, not even a challenge
+    camera.wait_for("already serving a peer")
+    stranger.close()
     time.sleep(0.5)
     assert viewer.stop(signal.SIGTERM) == 0, viewer.log()
-    assert camera.stop(signal.SIGINT) == 0, camera.log()
+    assert camera.finish() == 0, camera.log()  # --once: the viewer went, so the camera ends
     view, cam = read_stats(tmp_path / "stats", "viewer"), read_stats(tmp_path / "stats", "camera")
-    assert view["reason"] == "signal SIGTERM" and cam["reason"] == "signal SIGINT"
+    assert view["reason"] == "signal SIGTERM" and cam["reason"] == "peer gone"
+    assert cam["refused"] == 1 and cam["corrupt"] == 0
     assert view["scale"] == "5/8" and view["fb_geometry"] == "440x340x16"
     host, seq = label_at(fb_rgb(fb, geometry), (20, 10), (400, 300), (640, 480))
     assert host == "GWPI-SIDE" and first[0] == "GWPI-SIDE"
