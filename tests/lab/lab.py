@@ -378,7 +378,10 @@ class Lab:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
+            try:  # a daemon the command left behind may still hold its pipes
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out, err = "", ""
             raise subprocess.TimeoutExpired(cmd, timeout or 0, out, err) from None
         except BaseException:
             proc.kill()
@@ -750,6 +753,29 @@ class Lab:
         """argv and environment of an interactive login shell in host (for the command line)."""
         argv, env = self._command(host, ["bash", "--login"], user, None)
         return argv, env
+
+
+def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> List[str]:
+    """What a lab could leave on the machine: namespaces, sshd, mounts, files."""
+    found = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("pi2pi-")]
+    machine_net = os.stat("/proc/self/ns/net").st_ino
+    machine_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    sshd = subprocess.run(["pgrep", "-a", "sshd"], capture_output=True, text=True).stdout
+    for line in sshd.splitlines():
+        pid = line.split()[0]
+        try:  # the machine's own sshd may run; one in any other namespace is the lab's
+            if (os.stat(f"/proc/{pid}/ns/net").st_ino, os.stat(f"/proc/{pid}/ns/mnt").st_ino) \
+                    != (machine_net, machine_mnt):
+                found.append(f"sshd {line}")
+        except FileNotFoundError:
+            pass
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line}" for line in mounts.splitlines() if "pi2pi" in line]
+    if state_dir.exists():
+        found.append(f"state dir {state_dir}")
+    return found
 
 
 # ----- module helpers ---------------------------------------------------------------

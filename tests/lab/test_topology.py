@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from tests.lab.lab import ADDR, HOSTS, Lab, LabError
+from tests.lab.lab import ADDR, HOSTS, Lab, LabError, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 GW = ADDR["gw_public"]
@@ -199,34 +199,11 @@ def connect_ms(lab: Lab, host: str, address: str, port: int, count: int,
     return [None if line == "lost" else float(line) for line in out.split()]
 
 
-def _leftovers() -> List[str]:
-    """What a lab could leave on the machine: namespaces, sshd, mounts, files."""
-    found = []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("pi2pi-")]
-    machine_net = os.stat("/proc/self/ns/net").st_ino
-    machine_mnt = os.stat("/proc/self/ns/mnt").st_ino
-    sshd = subprocess.run(["pgrep", "-a", "sshd"], capture_output=True, text=True).stdout
-    for line in sshd.splitlines():
-        pid = line.split()[0]
-        try:  # the machine's own sshd may run; one in any other namespace is the lab's
-            if (os.stat(f"/proc/{pid}/ns/net").st_ino, os.stat(f"/proc/{pid}/ns/mnt").st_ino) \
-                    != (machine_net, machine_mnt):
-                found.append(f"sshd {line}")
-        except FileNotFoundError:
-            pass
-    mounts = Path("/proc/self/mountinfo").read_text()
-    found += [f"mount {line}" for line in mounts.splitlines() if "pi2pi" in line]
-    if Path("/var/tmp/pi2pi-lab").exists():
-        found.append("state dir /var/tmp/pi2pi-lab")
-    return found
-
-
 def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
     """Runs last in this module: it takes the module's lab down and builds it again."""
-    assert _leftovers(), "control: a running lab is visible"
+    assert leftovers(), "control: a running lab is visible"
     lab.down()
-    assert _leftovers() == []
+    assert leftovers() == []
     assert lab.timings["down"] < 15
 
     # A run that dies without tearing down (kill -9, a crash): everything stays.
@@ -234,7 +211,7 @@ def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
         [sys.executable, "-c", "import os; from tests.lab.lab import Lab; Lab().up(); os._exit(1)"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
     assert crash.returncode == 1, crash.stderr
-    assert _leftovers(), "the crashed run left its lab"
+    assert leftovers(), "the crashed run left its lab"
 
     lab.up()
     assert lab.timings["up"] < 15  # tearing the crashed lab down included

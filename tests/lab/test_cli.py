@@ -1,0 +1,60 @@
+"""`make lab-up`, `make lab-shell`, `make lab-down`: the lab's command line, as a person uses it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from tests.lab.lab import leftovers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def lab_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.lab", *args], cwd=REPO, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def cli_lab() -> object:
+    """Whatever the test does, `down` runs after it."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network and mount namespaces, iptables): run the tests as root")
+    yield
+    lab_cli("down")
+
+
+def test_up_shell_run_down(cli_lab: object) -> None:
+    up = lab_cli("up")
+    assert up.returncode == 0, up.stderr
+    assert "lab up in" in up.stdout and "198.51.100.243:2222" in up.stdout
+
+    # The lab outlives the command that built it: a person explores it afterwards.
+    status = lab_cli("status")
+    assert status.returncode == 0
+    assert "gw" in status.stdout and "198.51.100.243:2222" in status.stdout
+
+    shell = lab_cli("shell", "natpi", "--user", "pi", stdin="hostname; whoami\n")
+    assert shell.stdout.split()[-2:] == ["natpi", "pi"]
+    run = lab_cli("run", "--user", "pi", "natpi", "ssh -o BatchMode=yes -p 2222 admin@198.51.100.243 hostname")
+    assert (run.returncode, run.stdout) == (0, "gw\n")
+    assert lab_cli("run", "gw", "exit 3").returncode == 3
+
+    down = lab_cli("down")
+    assert down.returncode == 0
+    assert leftovers() == []
+
+
+def test_mistakes_get_a_clear_message(cli_lab: object) -> None:
+    lab_cli("down")
+    not_up = lab_cli("run", "natpi", "true")
+    assert not_up.returncode == 2
+    assert "the lab is not up" in not_up.stderr and "Traceback" not in not_up.stderr
+    no_host = lab_cli("shell", "nohost")
+    assert no_host.returncode == 2 and "invalid choice" in no_host.stderr
