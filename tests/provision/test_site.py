@@ -1,0 +1,335 @@
+"""site.yml from natpi against the lab: real hosts, real ssh, real iptables.
+
+One provisioned lab serves the whole module (provisioning takes about a
+minute); the tests that break things (natpi's uplink, its public address) come
+last. The lab has no systemd, so where a test needs the tunnel running it runs
+the unit's own ExecStart under a small restart loop that stands in for
+systemd's Restart=always.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import jinja2
+import pytest
+import yaml
+
+from tests.lab.lab import ADDR, Lab
+from tests.provision.helpers import REPO, build_wheelhouse, changed_tasks, playbook_command, recap
+
+SITE = yaml.safe_load((REPO / "inventory/lab/group_vars/all.yml").read_text())
+GW = ADDR["gw_public"]
+GWPI = ADDR["gwpi"]
+MEDIA_PORTS = {
+    "video-natpi-to-gwpi": SITE["pi2pi_video_natpi_to_gwpi_port"],
+    "video-gwpi-to-natpi": SITE["pi2pi_video_gwpi_to_natpi_port"],
+    "audio-natpi-to-gwpi": SITE["pi2pi_audio_natpi_to_gwpi_port"],
+    "audio-gwpi-to-natpi": SITE["pi2pi_audio_gwpi_to_natpi_port"],
+}
+FORWARDS = {"tunnel-ssh": SITE["pi2pi_gwpi_ssh_port"], **MEDIA_PORTS}
+TUNNEL_PORT = SITE["pi2pi_tunnel_port"]
+UNIT = "/etc/systemd/system/pi2pi-tunnel.service"
+TUNNEL_KEY = "/var/lib/pi2pi-tunnel/.ssh/id_ed25519"
+SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=5"
+NEW_NATPI_PUBLIC = "198.51.100.31"
+
+
+def playbook(lab: Lab, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return lab.run("natpi", playbook_command(*args), user="pi", check=False, timeout=timeout)
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    return f"rc={result.returncode}\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def expected_rules(natpi_public: str) -> List[str]:
+    """files/iptables.rules rendered for the lab's addresses: its rule lines."""
+    template = jinja2.Template((REPO / "files/iptables.rules").read_text(), trim_blocks=True)
+    text = template.render(
+        gateway_nat_natpi_public_address=natpi_public,
+        gateway_nat_gwpi_address=GWPI,
+        gateway_nat_forwards=[{"name": n, "port": p} for n, p in FORWARDS.items()],
+        gateway_nat_forward_gwpi_out=True,
+    )
+    return [line for line in text.splitlines() if line.startswith("-A ")]
+
+
+def counters(lab: Lab) -> Dict[str, int]:
+    """Packets counted by each of pi2pi's rules on gw, by rule text."""
+    out = lab.run("gw", "iptables-save -c").stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"^\[(\d+):\d+\] (-A PI2PI-.*)$", line)
+        if match:
+            found[match[2]] = int(match[1])
+    return found
+
+
+def reach(lab: Lab, host: str, ports: List[int], seconds: int = 3) -> Dict[int, str]:
+    """Connect from host to gw's public address on each port at once; what answered."""
+    procs = {port: lab.popen(host, f"timeout {seconds} socat -u TCP:{GW}:{port},connect-timeout={seconds} - "
+                                   f"| head -c 200", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for port in ports}
+    return {port: proc.communicate(timeout=seconds + 10)[0].strip() for port, proc in procs.items()}
+
+
+def tunnel_works(lab: Lab) -> bool:
+    """gwpi's pi reaches natpi's sshd at its own localhost:2345, with natpi's pinned host key."""
+    result = lab.run("gwpi", f"{SSH} -p {TUNNEL_PORT} pi@localhost hostname", user="pi", check=False, timeout=30)
+    return result.returncode == 0 and result.stdout.strip() == "natpi"
+
+
+def wait_for(predicate, seconds: float) -> Tuple[bool, float]:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if predicate():
+            return True, time.monotonic() - started
+        time.sleep(1)
+    return False, seconds
+
+
+@pytest.fixture(scope="module")
+def runs(lab: Lab) -> Dict[str, subprocess.CompletedProcess]:
+    """check mode on the fresh lab, the first run, the second run, check mode again."""
+    build_wheelhouse()
+    results = {"check_fresh": playbook(lab, "site.yml", "--check", "--diff")}
+    results["first"] = playbook(lab, "site.yml")
+    if results["first"].returncode == 0:
+        results["second"] = playbook(lab, "site.yml")
+        results["check_provisioned"] = playbook(lab, "site.yml", "--check", "--diff")
+    return results
+
+
+@pytest.fixture(scope="module")
+def provisioned(runs: Dict[str, subprocess.CompletedProcess]) -> None:
+    first = runs["first"]
+    assert first.returncode == 0, describe(first)
+
+
+@pytest.fixture(scope="module")
+def media_listeners(lab: Lab, provisioned: None) -> Iterator[None]:
+    """On gwpi, each media port answers with the host's name."""
+    procs = [lab.popen("gwpi", f"exec socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'hostname'",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in MEDIA_PORTS.values()]
+    time.sleep(0.5)
+    yield
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def tunnel(lab: Lab, provisioned: None) -> Iterator[None]:
+    """The unit's ExecStart, as it stands in natpi, under a restart loop (no systemd here)."""
+    unit = lab.run("natpi", f"cat {UNIT}").stdout
+    values = {}
+    env = []
+    for line in unit.splitlines():
+        key, _, value = line.partition("=")
+        if key == "Environment":
+            env.append(value)
+        elif key in ("ExecStart", "User", "RestartSec"):
+            values[key] = value
+    loop = (f"while :; do env {' '.join(shlex.quote(e) for e in env)} {values['ExecStart']}; "
+            f"sleep {values['RestartSec']}; done")
+    # gwpi's pi gets a key natpi's pi accepts: the test's own login through the tunnel.
+    lab.run("gwpi", "test -f ~/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519", user="pi")
+    key = lab.run("gwpi", "cat ~/.ssh/id_ed25519.pub", user="pi").stdout
+    lab.run("natpi", "cat >> ~/.ssh/authorized_keys", user="pi", input=key)
+    proc = lab.popen("natpi", ["bash", "-c", loop], user=values["User"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    up, _ = wait_for(lambda: tunnel_works(lab), 30)
+    assert up, "the tunnel did not come up within 30 s of starting its ExecStart"
+    yield
+    proc.kill()
+    proc.wait()
+
+
+# ----- the runs -------------------------------------------------------------------------
+
+def test_check_mode_on_a_fresh_lab_does_not_fail(runs: Dict[str, subprocess.CompletedProcess]) -> None:
+    result = runs["check_fresh"]
+    assert result.returncode == 0, describe(result)
+    assert recap(result.stdout)["gw"]["changed"] > 0, "check mode on a fresh lab should predict changes"
+
+
+def test_site_succeeds_on_a_fresh_lab(runs: Dict[str, subprocess.CompletedProcess]) -> None:
+    result = runs["first"]
+    assert result.returncode == 0, describe(result)
+    totals = recap(result.stdout)
+    assert set(totals) == {"gw", "natpi", "gwpi"}, totals
+    assert all(t["failed"] == 0 and t["unreachable"] == 0 for t in totals.values()), totals
+
+
+def test_second_run_changes_nothing(runs: Dict[str, subprocess.CompletedProcess], provisioned: None) -> None:
+    result = runs["second"]
+    assert result.returncode == 0, describe(result)
+    assert all(t["changed"] == 0 for t in recap(result.stdout).values()), changed_tasks(result.stdout)
+
+
+def test_check_mode_on_a_provisioned_lab_reports_no_change(
+        runs: Dict[str, subprocess.CompletedProcess], provisioned: None) -> None:
+    result = runs["check_provisioned"]
+    assert result.returncode == 0, describe(result)
+    assert all(t["changed"] == 0 for t in recap(result.stdout).values()), changed_tasks(result.stdout)
+
+
+# ----- the gateway ----------------------------------------------------------------------
+
+def test_gateway_holds_exactly_the_rules_and_the_owners(lab: Lab, provisioned: None) -> None:
+    live = lab.run("gw", "iptables-save").stdout.splitlines()
+    ours = sorted(line for line in live if line.startswith("-A PI2PI-"))
+    assert ours == sorted(expected_rules(ADDR["natpi_public"]))
+    for hook in ("-A PREROUTING -j PI2PI-PREROUTING", "-A POSTROUTING -j PI2PI-POSTROUTING",
+                 "-A FORWARD -j PI2PI-FORWARD"):
+        assert live.count(hook) == 1, hook
+    # The owner's rules from before provisioning are still there.
+    assert any(line.startswith("-A PREROUTING") and "--dport 8080" in line and "DNAT" in line for line in live)
+    assert any(line.startswith("-A INPUT") and "--dport 2222" in line for line in live)
+    assert any(line.startswith(":FORWARD DROP") for line in live)
+    assert lab.run("gw", "sysctl -n net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+def test_natpi_reaches_gwpi_through_the_gateway(lab: Lab, media_listeners: None) -> None:
+    before = counters(lab)
+    answers = reach(lab, "natpi", list(FORWARDS.values()))
+    for name, port in MEDIA_PORTS.items():
+        assert answers[port] == "gwpi", f"{name} port {port}: {answers[port]!r}"
+    assert answers[FORWARDS["tunnel-ssh"]].startswith("SSH-2.0-"), answers
+    # The ssh that answers on gw's port 22 is gwpi's: its host key.
+    gwpi_key = lab.run("gwpi", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+    scanned = lab.run("natpi", f"ssh-keyscan -t ed25519 -p {FORWARDS['tunnel-ssh']} {GW}", user="pi").stdout
+    assert gwpi_key in scanned
+    after = counters(lab)
+    for rule in expected_rules(ADDR["natpi_public"]):
+        if "DNAT" in rule:
+            assert after[rule] > before.get(rule, 0), f"no packets counted by {rule}"
+
+
+def test_stranger_does_not_reach_gwpi(lab: Lab, media_listeners: None) -> None:
+    answers = reach(lab, "stranger", list(FORWARDS.values()))
+    assert all(answer == "" for answer in answers.values()), answers
+    # Control: the same probe from stranger does reach the gateway's admin sshd.
+    control = reach(lab, "stranger", [ADDR["gw_ssh_port"]])
+    assert control[ADDR["gw_ssh_port"]].startswith("SSH-2.0-")
+
+
+def test_unconfirmed_apply_rolls_back_by_itself(lab: Lab, provisioned: None) -> None:
+    lab.run("gw", "iptables -t nat -F PI2PI-PREROUTING")
+    lab.run("gw", "/usr/local/sbin/pi2pi-firewall apply --confirm-within 2")
+    assert len([line for line in lab.run("gw", "iptables-save -t nat").stdout.splitlines()
+                if line.startswith("-A PI2PI-PREROUTING")]) == len(FORWARDS)
+    time.sleep(4)  # nobody confirms: the gateway puts the earlier rules back
+    assert not [line for line in lab.run("gw", "iptables-save -t nat").stdout.splitlines()
+                if line.startswith("-A PI2PI-PREROUTING")]
+    # What the boot unit runs brings the rules back.
+    lab.run("gw", "/usr/local/sbin/pi2pi-firewall boot")
+    live = lab.run("gw", "iptables-save").stdout.splitlines()
+    assert sorted(line for line in live if line.startswith("-A PI2PI-")) == sorted(expected_rules(ADDR["natpi_public"]))
+
+
+def test_units_pass_systemd_analyze_verify(lab: Lab, provisioned: None) -> None:
+    if lab.run("natpi", "command -v systemd-analyze", check=False).returncode != 0:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    for host, unit in (("natpi", UNIT), ("gw", "/etc/systemd/system/pi2pi-firewall.service")):
+        result = lab.run(host, f"SYSTEMD_LOG_LEVEL=warning systemd-analyze verify {unit}", check=False)
+        assert result.returncode == 0, f"{host} {unit}: {result.stdout}{result.stderr}"
+
+
+# ----- the Pis --------------------------------------------------------------------------
+
+def test_pi2pi_runs_on_both_pis(lab: Lab, provisioned: None) -> None:
+    for host in ("natpi", "gwpi"):
+        result = lab.run(host, "pi2pi --version", user="pi", check=False)
+        assert result.returncode == 0 and result.stdout.startswith("pi2pi "), f"{host}: {result}"
+
+
+def test_config_files_follow_the_inventory(lab: Lab, provisioned: None) -> None:
+    import configparser
+
+    def read(host: str) -> configparser.ConfigParser:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(lab.run(host, "cat /etc/pi2pi/pi2pi.conf").stdout)
+        return parser
+
+    natpi, gwpi = read("natpi"), read("gwpi")
+    flows = (("camera", "viewer", "video-natpi-to-gwpi"), ("viewer", "camera", "video-gwpi-to-natpi"),
+             ("talk", "listen", "audio-natpi-to-gwpi"), ("listen", "talk", "audio-gwpi-to-natpi"))
+    for natpi_program, gwpi_program, flow in flows:
+        port = MEDIA_PORTS[flow]
+        assert natpi[natpi_program]["connect"] == f"{GW}:{port}", flow
+        assert gwpi[gwpi_program]["listen"] == f"0.0.0.0:{port}", flow
+    assert natpi["camera"]["size"] == SITE["pi2pi_video_size"]
+
+
+# ----- the tunnel -----------------------------------------------------------------------
+
+def test_tunnel_gives_gwpi_an_ssh_to_natpi(lab: Lab, tunnel: None) -> None:
+    assert tunnel_works(lab)
+    # The host key gwpi checks is natpi's own, pinned at [localhost]:2345.
+    natpi_key = lab.run("natpi", "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub").stdout.strip()
+    pinned = lab.run("gwpi", f"ssh-keygen -F '[localhost]:{TUNNEL_PORT}' -f /etc/ssh/ssh_known_hosts").stdout
+    assert natpi_key in pinned
+
+
+def test_tunnel_key_can_do_nothing_else(lab: Lab, tunnel: None, media_listeners: None) -> None:
+    as_tunnel = f"{SSH} -i {TUNNEL_KEY} -o IdentitiesOnly=yes pi2pi-tunnel@{GW}"
+    command = lab.run("natpi", f"{as_tunnel} 'echo ran-$((6*7))'", user="pi2pi-tunnel", check=False)
+    assert command.returncode != 0 and "ran-42" not in command.stdout, command
+    shell = lab.run("natpi", f"{as_tunnel} -tt", user="pi2pi-tunnel", check=False,
+                    input="echo ran-$((6*7))\nexit\n", timeout=20)
+    assert "ran-42" not in shell.stdout, shell
+    other_listen = lab.run("natpi", f"{as_tunnel} -N -o ExitOnForwardFailure=yes -R localhost:2399:localhost:22",
+                           user="pi2pi-tunnel", check=False, timeout=20)
+    assert other_listen.returncode != 0 and "forwarding failed" in other_listen.stderr, other_listen
+
+    def through_forward(remote_port: int, local_port: int) -> str:
+        proc = lab.popen("natpi", f"exec {as_tunnel} -N -L 127.0.0.1:{local_port}:localhost:{remote_port}",
+                         user="pi2pi-tunnel", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2)
+            return lab.run("natpi", f"timeout 3 socat -u TCP:127.0.0.1:{local_port} - | head -c 100",
+                           check=False).stdout.strip()
+        finally:
+            proc.kill()
+            proc.wait()
+
+    # Control: a media forward of the tunnel transport opens; gwpi's sshd does not.
+    assert through_forward(MEDIA_PORTS["video-natpi-to-gwpi"], 15010) == "gwpi"
+    assert through_forward(22, 15022) == ""
+
+
+def test_tunnel_returns_after_natpi_uplink_outage(lab: Lab, tunnel: None) -> None:
+    assert tunnel_works(lab)
+    lab.set_link("natpi", False)
+    try:
+        time.sleep(20)
+    finally:
+        lab.set_link("natpi", True)
+    back, seconds = wait_for(lambda: tunnel_works(lab), 30)
+    assert back, "the tunnel was not back within 30 s after the uplink returned"
+    print(f"tunnel back {seconds:.0f} s after the uplink returned")
+
+
+def test_address_step_follows_natpi_new_public_address(lab: Lab, tunnel: None, media_listeners: None) -> None:
+    check = playbook(lab, "playbooks/natpi_address.yml", "--tags", "check")
+    assert check.returncode == 0, describe(check)
+    lab.set_natpi_public(NEW_NATPI_PUBLIC)
+    drifted = playbook(lab, "playbooks/natpi_address.yml", "--tags", "check")
+    assert drifted.returncode != 0 and NEW_NATPI_PUBLIC in drifted.stdout, describe(drifted)
+    assert set(reach(lab, "natpi", list(MEDIA_PORTS.values())).values()) == {""}
+    update = playbook(lab, "playbooks/natpi_address.yml")
+    assert update.returncode == 0, describe(update)
+    live = lab.run("gw", "iptables-save").stdout.splitlines()
+    assert sorted(line for line in live if line.startswith("-A PI2PI-")) == sorted(expected_rules(NEW_NATPI_PUBLIC))
+    answers = reach(lab, "natpi", list(MEDIA_PORTS.values()))
+    assert set(answers.values()) == {"gwpi"}, answers
+    assert tunnel_works(lab)
+    again = playbook(lab, "playbooks/natpi_address.yml", "--tags", "check")
+    assert again.returncode == 0, describe(again)
