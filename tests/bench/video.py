@@ -319,7 +319,7 @@ def measure(work: Path) -> int:
         "raw_codec_ms": round(raw_codec_ms, 3),
         "limited_latency_p99_ms": lim_view["latency_ms"]["p99"],
         "limited_latency_bound_ms": round(limited_bound_ms, 1),
-        "rgb565_over_decode": round(raw["rgb565_ms"] / raw["decode_ms"], 3),
+        "rgb565_over_decode": round(raw["rgb565_cpu_ms"] / raw["decode_cpu_ms"], 3),
     }
     rows: List[Tuple[str, str, str]] = [
         ("machine", f"{os.cpu_count()} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
@@ -346,7 +346,8 @@ def measure(work: Path) -> int:
          f"bound {limited_bound_ms:.1f} ms = 3 frame intervals + one max frame's transmission"),
         ("  frames", f"painted {lim_view['frames']}, camera dropped {lim_cam['dropped']} of {lim_cam['captured']}",
          f"{lim_view['fps']:.1f} fps painted"),
-        ("RGB565 conversion", f"{raw['rgb565_ms']:.3f} ms", f"{figures['rgb565_over_decode']:.3f} of decode (bar <= 0.333)"),
+        ("RGB565 conversion", f"{raw['rgb565_ms']:.3f} ms wall, {raw['rgb565_cpu_ms']:.3f} ms CPU",
+         f"{figures['rgb565_over_decode']:.3f} of the decode's CPU (bar <= 0.333)"),
     ]
     width = max(len(r[0]) for r in rows)
     print("pi2pi video benchmark")
