@@ -55,7 +55,9 @@ def simulate(
     device_ms: float = 10.0,
     seed: int = 1,
     check_cuts: bool = True,
+    uniform: bool = False,
 ) -> SimResult:
+    """uniform: jitter is delay_ms +- jitter_ms (netem's default); else |gauss(0, jitter_ms)| added."""
     rng = random.Random(seed)
     buffer = JitterBuffer(settings or JitterSettings())
     frame = int(rate * FRAME_MS / 1000)
@@ -103,7 +105,8 @@ def simulate(
         # the network delivers everything sent up to now
         while next_send <= now:
             payload = talk_spurts(rate, sent * frame, frame).tobytes()
-            arrival = max(last_arrival, next_send + delay_ms + abs(rng.gauss(0.0, jitter_ms)))
+            extra = rng.uniform(-jitter_ms, jitter_ms) if uniform else abs(rng.gauss(0.0, jitter_ms))
+            arrival = max(last_arrival, next_send + delay_ms + extra)
             last_arrival = arrival
             pending.append((arrival, payload))
             sent += 1
