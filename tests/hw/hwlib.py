@@ -214,7 +214,12 @@ def capture_frame(pixel_format: str, width: int, height: int,
 
 
 def frame_to_rgb(frame: Frame) -> np.ndarray:
-    """A captured YUYV or YU12 frame as an RGB image (BT.601, limited range)."""
+    """A captured YUYV or YU12 frame as RGB, by JPEG's (JFIF) equations.
+
+    The camera puts the device's YUV planes into the JPEG as they are (no
+    colour conversion), so JFIF's full-range equations give what a viewer
+    shows of this frame. Chroma is upsampled by repetition.
+    """
     w, h = frame.width, frame.height
     raw = np.frombuffer(frame.data, dtype=np.uint8)
     if frame.pixel_format == "YUYV":
@@ -231,11 +236,10 @@ def frame_to_rgb(frame: Frame) -> np.ndarray:
         v = v_plane.repeat(2, axis=0).repeat(2, axis=1).astype(np.float32)
     else:
         raise ValueError(f"no conversion for {frame.pixel_format}")
-    y = (y - 16.0) * 1.164
     u -= 128.0
     v -= 128.0
-    rgb = np.stack([y + 1.596 * v, y - 0.392 * u - 0.813 * v, y + 2.017 * u], axis=-1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 # --- framebuffer (vfb) ----------------------------------------------------------
@@ -367,34 +371,68 @@ def open_pcm(device: str, playback: bool, rate: int = RATE, period: int = PERIOD
     return pcm
 
 
-def play(device: str, samples: np.ndarray, lead_silence: float = 0.2,
-         tail_silence: float = 0.3, period: int = PERIOD) -> None:
-    """Play samples on an ALSA hw device (blocking, paced by the device)."""
-    pcm = open_pcm(device, playback=True, period=period)
-    try:
-        signal = np.concatenate([np.zeros(int(lead_silence * RATE), np.int16), samples,
-                                 np.zeros(int(tail_silence * RATE), np.int16)])
-        signal = np.concatenate([signal, np.zeros(-len(signal) % period, np.int16)])
-        for start in range(0, len(signal), period):
-            chunk = signal[start:start + period].tobytes()
+class Player:
+    """Play on an ALSA hw device, knowing when each played sample leaves the buffer.
+
+    The device paces the writes; after each write, the frames still queued
+    (buffer size - avail) say when the next sample will be played, on
+    time.monotonic(): the mouth's clock for a latency measurement.
+    """
+
+    def __init__(self, device: str, period: int = PERIOD) -> None:
+        self.period = period
+        self.pcm = open_pcm(device, playback=True, period=period)
+        self.buffer_size = self.pcm.info()["buffer_size"]
+        self.written = 0
+
+    def write(self, samples: np.ndarray) -> float:
+        """Queue samples (whole periods); the monotonic time the first will be played."""
+        samples = np.concatenate([samples, np.zeros(-len(samples) % self.period, np.int16)])
+        first_at = None
+        for start in range(0, len(samples), self.period):
+            chunk = samples[start:start + self.period].tobytes()
             while chunk:
-                written = pcm.write(chunk)
-                if written < 0:  # -EPIPE: underrun, nothing written; try again
+                written = self.pcm.write(chunk)
+                if written < 0:  # -EPIPE: underrun, nothing written; write again
                     continue
+                if first_at is None:
+                    queued = self.buffer_size - self.pcm.avail()  # includes what was just written
+                    first_at = time.monotonic() + (queued - written) / RATE
                 chunk = chunk[written * 2:]
-        # Let the last periods reach the far side before closing.
-        time.sleep(4 * period / RATE)
+        self.written += len(samples)
+        return first_at
+
+    def close(self) -> None:
+        # Let the queued periods reach the far side before closing.
+        time.sleep((self.buffer_size + self.period) / RATE)
+        self.pcm.close()
+
+
+def play(device: str, samples: np.ndarray, lead_silence: float = 0.2,
+         tail_silence: float = 0.3) -> float:
+    """Play samples between silences (blocking); when their first one was played."""
+    player = Player(device)
+    try:
+        player.write(np.zeros(int(lead_silence * RATE), np.int16))
+        first_at = player.write(samples)
+        player.write(np.zeros(int(tail_silence * RATE), np.int16))
+        return first_at
     finally:
-        pcm.close()
+        player.close()
 
 
 class Recorder:
-    """Capture from an ALSA hw device in a thread until stopped."""
+    """Capture from an ALSA hw device in a thread until stopped.
+
+    After each read the frames still waiting (avail) say when the last sample
+    read was captured, on time.monotonic(): the ear's clock.
+    """
 
     def __init__(self, device: str, period: int = PERIOD) -> None:
         self.device = device
         self.period = period
         self.chunks: List[bytes] = []
+        self.marks: List[tuple] = []   # (samples read so far, monotonic time of the last one)
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -403,16 +441,21 @@ class Recorder:
     def _run(self) -> None:
         try:
             pcm = open_pcm(self.device, playback=False, period=self.period)
-        except BaseException as error:  # reported by stop()
+        except BaseException as error:  # reported by start()
             self.error = error
             self._ready.set()
             return
         self._ready.set()
+        total = 0
         try:
             while not self._stop.is_set():
                 length, data = pcm.read()
                 if length > 0:
+                    now = time.monotonic()
+                    waiting = max(0, pcm.avail())
                     self.chunks.append(data)
+                    total += length
+                    self.marks.append((total, now - waiting / RATE))
         except BaseException as error:
             self.error = error
         finally:
@@ -431,6 +474,15 @@ class Recorder:
         if self.error:
             raise self.error
         return np.frombuffer(b"".join(self.chunks), dtype=np.int16)
+
+    def time_of(self, index: int) -> float:
+        """When the sample at this index of the recording was captured.
+
+        Takes the median over every read of (its time - the samples between
+        it and index), so one late wake-up of this thread does not count.
+        """
+        estimates = [at - (total - 1 - index) / RATE for total, at in self.marks]
+        return float(np.median(estimates))
 
 
 def find(signal: np.ndarray, recording: np.ndarray):
