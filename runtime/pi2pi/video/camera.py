@@ -59,13 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Counters:
-    """What the camera reports; written by two threads, each field by one of them."""
+    """What the camera reports; two threads write it, never the same field."""
 
     def __init__(self) -> None:
         self.captured = 0
         self.encoded = 0
         self.frames = 0            # sent
-        self.dropped = 0           # captured while a peer was connected, never sent
+        self.dropped = 0           # captured while a peer was connected, never sent (capture thread)
+        self.dropped_waiting = 0   # replaced while the sender waited for the peer's acknowledgement
         self.corrupt = 0           # frames from the device that were not whole JPEGs
         self.bytes = 0
         self.encode_ms = stats.Samples()
@@ -163,7 +164,7 @@ class Sender:
                     return f"the peer acknowledged nothing for {self.stall_s:.1f} s"
                 newer = self.slot.take(0)
                 if newer is not None:
-                    counters.dropped += 1
+                    counters.dropped_waiting += 1
                     item = newer
             payload = self.encode(item)
             if payload is None:
@@ -214,7 +215,7 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
         "frames": counters.frames,
         "captured": counters.captured,
         "encoded": counters.encoded,
-        "dropped": counters.dropped,
+        "dropped": counters.dropped + counters.dropped_waiting,
         "corrupt": counters.corrupt + (link.unproven if link is not None else 0),
         "bytes": counters.bytes,
         "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / rate_window, 2),
@@ -231,6 +232,7 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
 
 def run(settings: Settings) -> int:
     from pi2pi.video import source as sources
+    from pi2pi.video.jpeg import JpegError
     from pi2pi.video.link import LatestSlot, PeerLink
 
     check(settings)
@@ -257,7 +259,14 @@ def run(settings: Settings) -> int:
         if link.address:
             log.info("listening on %s:%d", *link.address)
         slot: LatestSlot[Any] = LatestSlot()
-        sender = Sender(link, slot, counters, run_, settings)
+        try:
+            sender = Sender(link, slot, counters, run_, settings)
+        except JpegError as err:
+            log.error("%s", err)
+            run_.end(f"error: {err}")
+            source.close()
+            link.close()
+            return 1
         thread = threading.Thread(target=sender.loop, name="sender", daemon=True)
         thread.start()
         try:

@@ -279,6 +279,7 @@ def write_snapshot(fb: Any, path: str) -> None:
 
 def run(settings: Settings) -> int:
     from pi2pi.video.framebuffer import Console, Framebuffer, FramebufferError
+    from pi2pi.video.jpeg import JpegError
     from pi2pi.video.link import LatestSlot, PeerLink
 
     if not (settings.connect or settings.listen):
@@ -308,7 +309,13 @@ def run(settings: Settings) -> int:
             if link.address:
                 log.info("listening on %s:%d", *link.address)
             slot: LatestSlot[Received] = LatestSlot()
-            painter = Painter(fb, at, counters)
+            try:
+                painter = Painter(fb, at, counters)
+            except JpegError as err:
+                log.error("%s", err)
+                run_.end(f"error: {err}")
+                link.close()
+                return 1
             receiver = Receiver(link, slot, counters, run_, settings)
             thread = threading.Thread(target=receiver.loop, name="receiver", daemon=True)
             thread.start()
