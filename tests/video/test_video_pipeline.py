@@ -36,7 +36,7 @@ def test_camera_dials_viewer_with_token_and_the_label_arrives(tmp_path: Path) ->
     assert view["bytes"] == cam["bytes"]
     for key in ("p50", "p95", "p99"):
         assert 0 < view["latency_ms"][key] < 200, view["latency_ms"]
-    assert 20 <= view["fps"] <= 40 and view["kbps"] > 0
+    assert 15 <= view["fps"] <= 40 and view["kbps"] > 0  # paced at 30 fps
     # The last painted frame's label names this host and the last frame's sequence number.
     host, seq = label_at(fb_rgb(fb, geometry), (100, 50), (320, 240), (320, 240))
     assert host == expected_host()
