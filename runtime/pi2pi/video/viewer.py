@@ -84,7 +84,8 @@ class Counters:
         self.decode_warnings = 0
         self.bytes = 0
         self.seq_gaps = 0        # frames the camera numbered but never sent (its own drops)
-        self.last_seq: Optional[int] = None
+        self.last_seq: Optional[int] = None      # the newest frame received
+        self.shown_seq: Optional[int] = None     # the frame on the screen
         self.latency_ms = stats.Samples()
         self.decode_ms = stats.Samples()
         self.paint_ms = stats.Samples()
@@ -231,6 +232,7 @@ class Painter:
         counters.decode_ms.add((decoded - started) * 1000)
         counters.paint_ms.add((painted - decoded) * 1000)
         counters.frames += 1
+        counters.shown_seq = item.header.seq
         if counters.first_paint is None:
             counters.first_paint = painted
             counters.cpu_start = time.process_time()
@@ -258,6 +260,7 @@ def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any
         "refused": link.refused if link is not None else 0,
         "seq_gaps": counters.seq_gaps,
         "last_seq": counters.last_seq,
+        "shown_seq": counters.shown_seq,
         "latency_ms": counters.latency_ms.summary(),
         "decode_ms": counters.decode_ms.summary(),
         "paint_ms": counters.paint_ms.summary(),
