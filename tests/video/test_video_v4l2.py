@@ -24,9 +24,9 @@ def pillow_jpeg(seed: int) -> bytes:
     return out.getvalue()
 
 
-def planes(seed: int):
+def planes(seed: int, w: int = W, h: int = H):
     """Camera-like Y (a ramp plus a seed-dependent block) and smooth chroma, full size."""
-    yy, xx = np.mgrid[0:H, 0:W]
+    yy, xx = np.mgrid[0:h, 0:w]
     y = (40 + xx + yy // 2).astype(np.uint8)
     y[20:60, 10 + seed * 10: 50 + seed * 10] = 220
     u = (100 + xx // 4).astype(np.uint8)
@@ -86,13 +86,14 @@ def test_a_truncated_mjpeg_buffer_is_skipped_and_counted() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["YUYV", "YU12", "NV12"])
-def test_yuv_buffers_are_encoded_without_colour_conversion(fmt: str) -> None:
-    size = W * H * 2 if fmt == "YUYV" else W * H * 3 // 2
-    camera = FakeCamera([fmt], W, H, buffer_size=size)
-    source = start(camera)
-    y, u, v = planes(2)
+@pytest.mark.parametrize("w, h", [(W, H), (300, 120)])  # 300: chroma rows of 150, padded to 152 for TurboJPEG
+def test_yuv_buffers_are_encoded_without_colour_conversion(fmt: str, w: int, h: int) -> None:
+    size = w * h * 2 if fmt == "YUYV" else w * h * 3 // 2
+    camera = FakeCamera([fmt], w, h, buffer_size=size)
+    source = V4L2Source("/dev/video9", w, h, 15, quality=90, io=camera)
+    y, u, v = planes(2, w, h)
     if fmt == "YUYV":  # 4:2:2, each pair of pixels shares the chroma of its left one
-        packed = np.empty((H, W * 2), dtype=np.uint8)
+        packed = np.empty((h, w * 2), dtype=np.uint8)
         packed[:, 0::2], packed[:, 1::4], packed[:, 3::4] = y, u[:, 0::2], v[:, 0::2]
         raw = packed.tobytes()
     else:
@@ -100,7 +101,7 @@ def test_yuv_buffers_are_encoded_without_colour_conversion(fmt: str) -> None:
         if fmt == "YU12":
             raw = y.tobytes() + cu.tobytes() + cv.tobytes()
         else:
-            uv = np.empty((H // 2, W), dtype=np.uint8)
+            uv = np.empty((h // 2, w), dtype=np.uint8)
             uv[:, 0::2], uv[:, 1::2] = cu, cv
             raw = y.tobytes() + uv.tobytes()
     camera.pending.append(raw)
@@ -109,6 +110,7 @@ def test_yuv_buffers_are_encoded_without_colour_conversion(fmt: str) -> None:
 
     data = Codec.open().encode_yuv(frame.yuv, frame.width, frame.height, 90, frame.subsample)
     got = decoded_ycbcr(data)  # Pillow decodes: an independent decoder
+    assert got.shape[:2] == (h, w)
     assert np.abs(got[..., 0] - y).mean() < 2.0
     assert np.abs(got[..., 1] - u).mean() < 3.0 and np.abs(got[..., 2] - v).mean() < 3.0
     source.close()
