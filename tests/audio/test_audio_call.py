@@ -95,7 +95,9 @@ def test_chirp_comes_out_aligned_whole_and_without_a_cut(tmp_path, with_token):
     talk, listen, heard = run_call(tmp_path, signal_in, 3.4, extra, extra)
 
     lag, corr = analysis.align(signal_in, heard)
-    assert corr > 0.5, f"the recording does not hold the chirp (correlation {corr:.2f})"
+    # (Opus does not keep a chirp's waveform exactly, and a counted gap splits the
+    # alignment: the whole-file peak only finds the lag; each window is checked below)
+    assert corr > 0.2, f"the recording does not hold the chirp (correlation {corr:.2f})"
     windows = [w for w in analysis.window_lags(signal_in, heard, lag, RATE, window_s=0.1)
                if 0.5 * RATE <= w[0] <= 2.7 * RATE]   # the chirp less its faded ends
     assert len(windows) >= 21, "the chirp's windows were not all found in the recording"
@@ -103,8 +105,11 @@ def test_chirp_comes_out_aligned_whole_and_without_a_cut(tmp_path, with_token):
     steps = np.diff([w[1] for w in windows])
     # Opus shifts phase a little (< 1 ms). A stretch missing would make the lag shrink;
     # one repeated, or a gap, makes it grow. Only a gap that listen counted may do that
-    # (a scheduling stall of this shared machine can starve even a 100 ms buffer).
-    assert np.all(steps >= -48), f"a stretch is missing: lag steps {steps.tolist()}"
+    # (a scheduling stall of this shared machine can starve even a 100 ms buffer), and
+    # only a cross-fade that listen counted may remove a frame of the chirp.
+    shrunk = steps[steps < -48]
+    assert shrunk.size <= listen["crossfaded"], f"a stretch is missing: lag steps {steps.tolist()}"
+    assert listen["crossfaded"] == 0 or listen["device_underruns"] > 0   # only after a stall
     gaps = listen["underruns"] + listen["device_underruns"]
     grown = steps[steps > 48]
     assert grown.size <= gaps, f"lag grew by {grown.tolist()} samples with {gaps} counted gaps"
@@ -311,3 +316,26 @@ def test_a_missing_mixer_control_is_logged_not_fatal(tmp_path):
     assert harness.finish(talk) == 0
     server.close()
     assert "no mixer control 'NoSuchControl'" in (tmp_path / "talk.log").read_text()
+
+
+def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_path):
+    """gwpi's talk waits on its port; natpi's listen dials it (and retries until it answers)."""
+    env = harness.alsa_env(tmp_path / "alsa", harness.with_silence(tone(1.5, 350.0), RATE, 0.2, 1.5))
+    port = harness.free_port()
+    stats = tmp_path / "stats"
+    listen = harness.start("listen", ["--connect", f"127.0.0.1:{port}", "--device", "null", "--pace", "clock",
+                                      "--record", str(tmp_path / "heard.wav"), "--stats", str(stats),
+                                      "--duration", "30", *ROOMY], env, tmp_path / "listen.log")
+    try:
+        time.sleep(1.0)   # listen is already dialing, and failing, before talk starts
+        talk = harness.start("talk", ["--listen", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
+                                      "--duration", "2.5", "--stats", str(stats)], env, tmp_path / "talk.log")
+        assert harness.finish(talk) == 0, (tmp_path / "talk.log").read_text()
+        time.sleep(0.5)
+    finally:
+        listen.send_signal(signal.SIGTERM)
+        assert harness.finish(listen) == 0
+    talk_stats, listen_stats = harness.stats(stats, "talk"), harness.stats(stats, "listen")
+    assert talk_stats["packets"] > 60 and listen_stats["packets"] == talk_stats["packets"]
+    _, heard = analysis.read_wav(tmp_path / "heard.wav")
+    assert abs(dominant_hz(sounding(heard)) - 350.0) < 5

@@ -209,6 +209,9 @@ def main() -> int:
     print("1/3 clean link, default buffer, 20 s ...", flush=True)
     clean = run_call(work / "clean", 20.0, [])
     lat = click_latencies(clean)
+    print("   the same with trx-like buffers (15 ms device, 10 ms floor: --periods 3 --buffer 10), 12 s ...", flush=True)
+    low = run_call(work / "trx", 12.0, ["--periods", "3", "--buffer", "10"])
+    low_lat = click_latencies(low)
     print("2/3 jitter 50 ms +- 30 ms, 65 s ...", flush=True)
     jitter = run_call(work / "jitter", 65.0, [], via_relay=(50.0, 30.0))
     jlat = click_latencies(jitter)
@@ -235,12 +238,17 @@ def main() -> int:
         "hard_cuts": len(drift.hard_cuts),
         "cpu_talk_pct": round(clean["cpu_talk_pct"], 2),
         "cpu_listen_pct": round(clean["cpu_listen_pct"], 2),
+        "latency_trx_like_ms": round(float(np.median(low_lat)), 1) if low_lat else None,
     }
     cl, jl = clean["listen"], jitter["listen"]
     rows = [
         ("clean: mouth-to-ear latency, median (min..max)",
          f"{figures['latency_ms']} ms ({min(lat):.1f}..{max(lat):.1f}), {len(lat)} clicks" if lat else "no clicks found",
          "<= 40 ms"),
+        ("clean, trx-like --periods 3 --buffer 10: latency median",
+         f"{np.median(low_lat):.1f} ms ({min(low_lat):.1f}..{max(low_lat):.1f}); underruns "
+         f"{low['listen']['underruns']}, device underruns {low['listen']['device_underruns']}" if low_lat else "no clicks found",
+         "(side by side)"),
         ("clean: jitter buffer target / mean wait", f"{cl['target_ms']} ms / {cl['wait_ms_mean']} ms", ""),
         ("clean: underruns / concealed / device underruns",
          f"{cl['underruns']} / {cl['concealed']} / {cl['device_underruns']}", "0"),

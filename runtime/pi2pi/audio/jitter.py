@@ -12,11 +12,11 @@ thread); the player takes one frame each time the output device wants audio
   earliest packet of the window to have had before it plays.
 - the measured delay is the longest time a packet waited in the buffer over the
   last `delay_window_s`; the player steers it towards the target:
-  * too long (a fast sender clock, or a jitter spike that passed): drop a frame
-    that is silence; if the delay keeps growing past target + `force_ms`, or
-    the fill passes max_ms, drop a frame by cross-fading it into the next one.
-    Both shorten the output by one frame without a discontinuity.
-  * too short (the jitter grew): insert one concealment frame during silence.
+  * too long (a fast sender clock, or a jitter spike that passed): play a
+    silent frame shorter by the excess; if the delay passes target + `force_ms`
+    and no pause has come for `force_after_s`, or the fill passes max_ms, drop
+    a frame by cross-fading it into the next one. Neither is a discontinuity.
+  * too short (the jitter grew): lengthen a silent frame by the shortfall.
   * empty (a late packet): Opus concealment, counted as an underrun; after
     `rebuffer_ms` of concealment, silence until the buffer holds the target.
 Never a hard cut: audio is removed only where it is silent or cross-faded.
@@ -73,7 +73,8 @@ class JitterSettings:
     window_s: float = 10.0        # jitter is measured over this long
     delay_window_s: float = 1.0   # the delay is the longest wait over this long
     step_ms: float = 2.0          # delay errors smaller than this are left alone
-    force_ms: float = 60.0        # past target + this, drop even in speech (cross-fade)
+    force_ms: float = 60.0        # past target + this, drop even in speech (cross-fade) ...
+    force_after_s: float = 3.0    # ... once no pause has come for this long
     rebuffer_ms: float = 100.0    # after this much concealment, go quiet and refill
     silence_dbfs: float = -45.0   # frames below this level may be dropped or inserted
 
@@ -283,6 +284,7 @@ class Playout:
         self._silence_rms = 32768.0 * 10 ** (self.settings.silence_dbfs / 20.0)
         self._step_ms: Optional[float] = None   # when the delay was last changed on purpose
         self._first_play_ms: Optional[float] = None
+        self._last_pause_ms = 0.0     # when a silent frame was last played
 
     # -- levels -----------------------------------------------------------
     def target_ms(self) -> float:
@@ -383,7 +385,10 @@ class Playout:
         if over_max:
             c.overflow += 1
         excess = (delay - target) if delay is not None else 0.0
-        if over_max or excess > self.settings.force_ms:
+        if silent:
+            self._last_pause_ms = now_ms
+        no_pause = now_ms - self._last_pause_ms > self.settings.force_after_s * 1000.0
+        if over_max or (excess > self.settings.force_ms and no_pause):
             # Speech without a pause for too long, or the hard bound: cross-fade this
             # frame into the next one, removing a frame without a discontinuity.
             follower = self.buffer.pop()

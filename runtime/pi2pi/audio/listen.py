@@ -21,13 +21,13 @@ class Settings(config.Common):
     rate: int = 48000
     channels: int = 1
     period_ms: float = 5.0         # ALSA playback period
-    periods: int = 3               # 3 x 5 ms: the device holds ~15 ms (trx used 16 ms)
+    periods: int = 2               # 2 x 5 ms: the device holds ~10 ms (trx used 16 ms; 3 is safer on a busy Pi)
     pace: str = "device"
     mixer: Optional[str] = None    # playback mixer control, e.g. "PCM", "Headphone"
     mixer_device: str = "default"
     volume: Optional[int] = None
     mute: bool = False
-    buffer: float = 5.0            # jitter buffer minimum, ms (the seed started at 2048 bytes ~ 10.7 ms)
+    buffer: float = 2.0            # jitter buffer minimum, ms; the target adds the measured jitter
     buffer_max: float = 680.0      # jitter buffer maximum, ms (the seed: 131072 bytes ~ 683 ms)
     record: Optional[str] = None   # FILE.wav: what is heard
     record_split: float = 0.0      # seconds per file (FILE-0001.wav, ...); 0 = one file
