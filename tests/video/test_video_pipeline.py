@@ -122,3 +122,14 @@ def test_missing_camera_device_ends_with_a_clear_reason(tmp_path: Path) -> None:
     assert camera.finish() == 1
     assert "/dev/video-none" in camera.log() and "Traceback" not in camera.log()
     assert "No such file" in read_stats(tmp_path / "stats", "camera")["reason"]
+
+
+def test_a_viewer_nobody_calls_still_ends_at_its_duration(tmp_path: Path) -> None:
+    viewer = Program(["viewer", "--listen", f"127.0.0.1:{free_port()}", "--fb", "fb.raw", "--fb-geometry",
+                      "64x48x32", "--duration", "0.5", "--stats", "stats", "--snapshot", "shown.png"], tmp_path)
+    started = time.monotonic()
+    assert viewer.finish(10) == 0, viewer.log()
+    assert time.monotonic() - started < 5
+    view = read_stats(tmp_path / "stats", "viewer")
+    assert view["reason"] == "duration reached" and view["frames"] == 0
+    assert np.asarray(Image.open(tmp_path / "shown.png")).shape == (48, 64, 3)

@@ -1,7 +1,9 @@
 """What camera and viewer share about their peer: the newest-frame slot and the connection.
 
 `LatestSlot` holds one item: a new one replaces the old (which is then a
-dropped frame), so a slow stage never builds a backlog. `PeerLink` hands out
+dropped frame), so a slow stage never builds a backlog (the camera's capture
+and sender threads); `newer_frame_waiting` tells the viewer to skip a frame
+because a newer one has already arrived. `PeerLink` hands out
 one peer connection at a time, whichever way the program is set up (dial with
 retries, or listen), counts reconnections, refuses a second dialer while a peer
 is served, and counts dialers that fail the token handshake.
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SIOCOUTQ = 0x5411  # bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ)
+FIONREAD = 0x541B  # bytes waiting in the receive queue (SIOCINQ)
 
 
 class LatestSlot(Generic[T]):
@@ -68,6 +71,23 @@ def unacked_bytes(sock: socket.socket) -> int:
     except OSError:
         return 0
     return struct.unpack("i", raw)[0]
+
+
+def newer_frame_waiting(sock: socket.socket, max_length: int) -> bool:
+    """True when a whole next video frame already sits in the socket's receive buffer."""
+    from pi2pi import wire  # the framing: header size and its checks
+
+    try:
+        waiting = struct.unpack("i", fcntl.ioctl(sock.fileno(), FIONREAD, struct.pack("i", 0)))[0]
+        if waiting < wire.VIDEO_HEADER.size:
+            return False
+        raw = sock.recv(wire.VIDEO_HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if len(raw) < wire.VIDEO_HEADER.size:
+            return False
+        header = wire.parse_video_header(raw, max_length)
+    except (OSError, wire.ProtocolError):
+        return False  # reading it will tell what is wrong
+    return waiting >= wire.VIDEO_HEADER.size + header.length
 
 
 def peer_hung_up(sock: socket.socket) -> bool:

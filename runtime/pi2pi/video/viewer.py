@@ -1,11 +1,14 @@
 """Receive JPEG frames and paint them into the Linux framebuffer.
 
-A receiver thread reads frames from the peer and keeps only the newest in a
-one-frame slot (a frame replaced before it was painted is dropped and
-counted); the main thread decodes the newest with TurboJPEG, scaled down by
-TurboJPEG's own factors to fit the screen from --at X,Y, and paints it. Bytes
-that break the protocol close that connection with a log line; the viewer
-keeps serving and takes the next peer.
+One loop reads frames from the peer; when a complete newer frame is already
+waiting in the socket, the one just read is skipped (dropped, counted), so
+the newest frame always wins and nothing old is painted. The frame kept is
+decoded with TurboJPEG, scaled down by TurboJPEG's own factors to fit the
+screen from --at X,Y, and painted. (One thread, not a receiver thread and a
+painter: on a busy 2-core machine the hand-over between two Python threads
+cost more CPU and tail latency than the draining does.) Bytes that break the
+protocol close that connection with a log line; the viewer keeps serving and
+takes the next peer.
 """
 from __future__ import annotations
 
@@ -96,41 +99,45 @@ class Counters:
 
 
 class Receiver:
-    """Reads frames from one peer after another; keeps the newest in the slot."""
+    """Serves one peer after another: read, keep the newest, paint."""
 
-    def __init__(self, link: Any, slot: Any, counters: Counters, run: ProgramRun, settings: Settings) -> None:
-        self.link, self.slot, self.counters, self.run = link, slot, counters, run
+    def __init__(self, link: Any, painter: "Painter", counters: Counters, run: ProgramRun, settings: Settings) -> None:
+        self.link, self.painter, self.counters, self.run = link, painter, counters, run
         self.max_frame = settings.max_frame
         self.stall_s = settings.stall
         self.peer_timeout_s = settings.peer_timeout
         self.once = settings.once
+        self.snapshot_path = settings.snapshot
+        self.snapshot_every = settings.snapshot_every
+        self.last_snapshot = time.monotonic()
 
     def loop(self) -> None:
-        try:
-            while not self.run.stop.is_set():
-                sock = self.link.next_peer(self.run.stop)
-                if sock is None:
-                    break
-                try:
-                    self.serve(sock)
-                finally:
-                    sock.close()
-                if self.once and not self.run.stop.is_set():
-                    self.run.end("peer gone")
-        except Exception as err:  # the paint loop must learn that nobody feeds it any more
-            log.exception("receiver failed")
-            self.run.end(f"error: {err}")
+        while not self.run.should_stop():
+            sock = self.link.next_peer(self.run.stop)
+            if sock is None:
+                break
+            try:
+                self.serve(sock)
+            finally:
+                sock.close()
+            if self.once and not self.run.stop.is_set():
+                self.run.end("peer gone")
 
     def serve(self, sock: socket.socket) -> None:
         from pi2pi.video.jpeg import JpegError, check_jpeg
+        from pi2pi.video.link import newer_frame_waiting
 
         counters = self.counters
-        last_frame_at = time.monotonic()
-        while not self.run.stop.is_set():
+        last_frame_at = last_refusal_check = time.monotonic()
+        while not self.run.should_stop():
+            now = time.monotonic()
+            if now - last_refusal_check >= 0.2:
+                self.link.refuse_others()
+                last_refusal_check = now
+                self.periodic_snapshot()
             try:
                 header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2)
             except socket.timeout:
-                self.link.refuse_others()
                 if time.monotonic() - last_frame_at > self.peer_timeout_s:
                     log.warning("closing the connection: no frame for %.1f s", self.peer_timeout_s)
                     return
@@ -162,8 +169,17 @@ class Receiver:
             if counters.last_seq is not None and header.seq > counters.last_seq + 1:
                 counters.seq_gaps += header.seq - counters.last_seq - 1
             counters.last_seq = header.seq
-            if self.slot.put(Received(header, payload, sock)):
-                counters.dropped += 1
+            if newer_frame_waiting(sock, self.max_frame):
+                counters.dropped += 1   # a whole newer frame is already here: paint that one
+                continue
+            if not self.painter.paint(Received(header, payload, sock)):
+                return  # not a decodable JPEG: counted and logged by the painter
+
+    def periodic_snapshot(self) -> None:
+        if self.snapshot_path and self.snapshot_every > 0 and \
+                time.monotonic() - self.last_snapshot >= self.snapshot_every:
+            write_snapshot(self.painter.fb, self.snapshot_path)
+            self.last_snapshot = time.monotonic()
 
 
 def quick_ack(sock: socket.socket) -> None:
@@ -217,10 +233,6 @@ class Painter:
         except JpegError as err:
             counters.corrupt += 1
             log.warning("closing the connection: frame %d: %s", item.header.seq, err)
-            try:
-                item.peer.shutdown(socket.SHUT_RDWR)  # the receiver sees it closed and takes the next peer
-            except OSError:
-                pass
             return False
         if warnings:
             counters.decode_warnings += 1
@@ -283,7 +295,7 @@ def write_snapshot(fb: Any, path: str) -> None:
 def run(settings: Settings) -> int:
     from pi2pi.video.framebuffer import Console, Framebuffer, FramebufferError
     from pi2pi.video.jpeg import JpegError
-    from pi2pi.video.link import LatestSlot, PeerLink
+    from pi2pi.video.link import PeerLink
 
     if not (settings.connect or settings.listen):
         raise config.ConfigError("viewer: give --listen [ADDR:]PORT or --connect HOST:PORT")
@@ -311,7 +323,6 @@ def run(settings: Settings) -> int:
             state["link"] = link
             if link.address:
                 log.info("listening on %s:%d", *link.address)
-            slot: LatestSlot[Received] = LatestSlot()
             try:
                 painter = Painter(fb, at, counters)
             except JpegError as err:
@@ -319,26 +330,16 @@ def run(settings: Settings) -> int:
                 run_.end(f"error: {err}")
                 link.close()
                 return 1
-            receiver = Receiver(link, slot, counters, run_, settings)
-            thread = threading.Thread(target=receiver.loop, name="receiver", daemon=True)
-            thread.start()
-            last_snapshot = time.monotonic()
+            receiver = Receiver(link, painter, counters, run_, settings)
+            # Waiting for a peer blocks on the stop event only: wake it at the maximum duration.
+            deadline = threading.Timer(min(run_.remaining() + 0.01, 2 ** 31), run_.should_stop)
+            deadline.daemon = True
+            deadline.start()
             try:
-                while not run_.should_stop():
-                    item = slot.take(0.2)
-                    if item is not None:
-                        painter.paint(item)
-                    if settings.snapshot and settings.snapshot_every > 0 and \
-                            time.monotonic() - last_snapshot >= settings.snapshot_every:
-                        write_snapshot(fb, settings.snapshot)
-                        last_snapshot = time.monotonic()
-                # Drain: a frame that arrived as we were told to stop is still shown.
-                item = slot.take(0)
-                if item is not None and run_.reason == "peer gone":
-                    painter.paint(item)
+                receiver.loop()
             finally:
+                deadline.cancel()
                 run_.stop.set()
-                thread.join(timeout=settings.stall + 1)
                 link.close()
                 if settings.snapshot:
                     write_snapshot(fb, settings.snapshot)
