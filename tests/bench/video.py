@@ -12,7 +12,6 @@ import json
 import mmap
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -127,8 +126,6 @@ def time_raw(clip: np.ndarray, work: Path) -> Dict[str, Any]:
                 screen[...] = dst
 
             decode_paint_t = timed(decode_paint, jpegs)
-            del screen
-            mem.close()
         out = np.empty((HEIGHT, WIDTH), np.uint32)
         scratch = np.empty_like(out)
         rgb565 = timed(lambda _data: framebuffer.bgrx_to_rgb565(dst, out, scratch), jpegs)

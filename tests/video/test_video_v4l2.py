@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import List
 
 import numpy as np
 import pytest

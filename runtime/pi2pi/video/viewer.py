@@ -75,7 +75,6 @@ def parse_at(text: str) -> Tuple[int, int]:
 class Received:
     header: wire.VideoHeader
     payload: bytes
-    peer: socket.socket
 
 
 class Counters:
@@ -172,7 +171,7 @@ class Receiver:
             if newer_frame_waiting(sock, self.max_frame):
                 counters.dropped += 1   # a whole newer frame is already here: paint that one
                 continue
-            if not self.painter.paint(Received(header, payload, sock)):
+            if not self.painter.paint(Received(header, payload)):
                 return  # not a decodable JPEG: counted and logged by the painter
 
     def periodic_snapshot(self) -> None:
