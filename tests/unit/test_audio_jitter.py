@@ -60,13 +60,14 @@ def test_sender_clock_200_ppm_fast_for_an_hour_stays_bounded_without_a_cut():
 
 
 def test_target_follows_the_measured_jitter_and_underruns_stay_rare():
-    result = simulate(120.0, delay_ms=50.0, jitter_ms=15.0)
+    # netem's "delay 50ms 30ms": uniform 20..80 ms, delivered in order as TCP does
+    result = simulate(120.0, delay_ms=50.0, jitter_ms=30.0, uniform=True)
     c = result.counters
-    assert c.jitter_ms > 20.0
+    assert c.jitter_ms > 40.0
     assert c.target_ms >= c.jitter_ms                       # the buffer grew with the jitter
     late = [t for t in result.underrun_times if t > 1.0]
-    assert len(late) <= 2, late                             # after the first second
-    assert result.hard_cuts == [] or c.underruns > 0
+    assert len(late) <= 2, late                             # at most one a minute after the first second
+    assert result.wait_last_minute_max_ms < c.target_ms + 30.0   # and the delay stays near the target
 
 
 def _frames(values: np.ndarray):

@@ -68,7 +68,7 @@ def opus_packet_ms(packet: bytes) -> Optional[float]:
 
 @dataclass
 class JitterSettings:
-    min_ms: float = 10.0          # the floor of the target (covers scheduling of two programs)
+    min_ms: float = 2.0           # the floor of the target (listen --buffer)
     max_ms: float = 680.0         # the most audio ever held (the seed's 131072 bytes at 48 kHz stereo)
     window_s: float = 10.0        # jitter is measured over this long
     delay_window_s: float = 1.0   # the delay is the longest wait over this long

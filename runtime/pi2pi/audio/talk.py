@@ -23,7 +23,7 @@ class Settings(config.Common):
     channels: int = 1
     bitrate: int = 32000           # bits/s; a 20 ms packet of ~80 bytes, as the seed saw (50-100)
     complexity: int = 10           # Opus encoder complexity 0..10 (CPU against quality)
-    period_ms: float = 10.0        # ALSA capture period; frames (20 ms) are whole periods: no added delay
+    period_ms: float = 20.0        # ALSA capture period = one 20 ms frame: no added delay, fewest wake-ups
     periods: int = 4
     pace: str = "device"           # "clock" for ALSA file/null devices, which are not real time
     mixer: Optional[str] = None    # capture mixer control to set, e.g. "Mic"; none: leave it
