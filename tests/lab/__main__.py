@@ -37,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="build the lab (after tearing down leftovers)")
-    commands.add_parser("down", help="tear the lab down, leaving nothing behind")
+    down = commands.add_parser("down", help="tear the lab down, leaving nothing behind")
+    down.add_argument("--force", action="store_true", help="even the lab of a running test session")
     commands.add_parser("status", help="which hosts exist and what listens on them")
     shell = commands.add_parser("shell", help="an interactive shell on a host")
     shell.add_argument("host", choices=HOSTS)
@@ -51,7 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="lab: %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
     # The lab from `up` outlives this command, until `down`.
-    lab = Lab(args.state_dir, persistent=True)
+    owner = os.environ.get("PI2PI_LAB_OWNER", "")
+    lab = Lab(args.state_dir, persistent=True, owner_pid=int(owner) if owner.isdigit() else None)
     try:
         if args.command == "up":
             started = time.monotonic()
@@ -61,8 +63,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("a shell: make lab-shell HOST=natpi  (python -m tests.lab shell natpi --user pi)")
             print("tear down: make lab-down")
         elif args.command == "down":
+            other = lab.owned_elsewhere()
+            if other and not args.force:
+                print(f"lab: the lab belongs to a running test session (process {other}); "
+                      "leaving it up (--force takes it down)", file=sys.stderr)
+                return 1
             started = time.monotonic()
-            lab.down()
+            lab.down(force=True)
             print(f"lab down in {time.monotonic() - started:.1f} s: no namespaces, processes, mounts or files left")
         elif args.command == "status":
             report = lab.status()

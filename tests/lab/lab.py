@@ -287,16 +287,24 @@ class Lab:
     """The lab. See the module docstring; the names here are the shared contract."""
 
     def __init__(self, state_dir: Optional[Union[str, Path]] = None, *,
-                 persistent: bool = False) -> None:
+                 persistent: bool = False, lock: Optional[socket.socket] = None,
+                 owner_pid: Optional[int] = None) -> None:
         # persistent: the lab outlives this process (the command line's `up`);
         # otherwise it is torn down when this process exits, whatever ends it.
+        # owner_pid: a live process the lab belongs to (default: this one's if
+        # not persistent); other sessions wait while it lives instead of taking
+        # the lab as a leftover. The command line takes it from $PI2PI_LAB_OWNER.
+        # lock: the machine's lab lock, handed over by a process that holds it
+        # (see down(release=False)), so no other session slips in between.
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).absolute()
         self.persistent = persistent
+        self.owner_pid = owner_pid
         self.natpi_public = ADDR["natpi_public"]
         self._holders: Dict[str, int] = {}
         self._holder_procs: List[subprocess.Popen] = []
         self._netem_procs: Dict[str, LabProcess] = {}
-        self._lock: Optional[socket.socket] = None
+        self._lock: Optional[socket.socket] = lock
+        self._is_up = False
         self._atexit_registered = False
         self.timings: Dict[str, float] = {}  # seconds the last up (not counting waiting) and down took
 
@@ -309,8 +317,14 @@ class Lab:
         it to go down rather than pull it from under that session.
         """
         _require_root()
+        if self._is_up:
+            raise LabError("this lab is already up; call down() first")
         started = time.monotonic()
-        waited = self._acquire(wait)
+        waited = self._acquire(wait) if self._lock is None else 0.0
+        OWNER_PATH.write_text(json.dumps({
+            "pid": self.owner_pid or os.getpid(),
+            "persistent": self.persistent and self.owner_pid is None,
+            "state_dir": str(self.state_dir)}) + "\n")
         try:
             if not self.persistent and not self._atexit_registered:
                 atexit.register(self.down)
@@ -319,19 +333,25 @@ class Lab:
         except BaseException:
             self.down()
             raise
+        self._is_up = True
         self.timings["up"] = time.monotonic() - started - waited
         log.info("lab up in %.1f s", self.timings["up"])
 
-    def down(self) -> None:
-        """Remove every namespace, process, mount and file the lab made."""
+    def down(self, release: bool = True, force: bool = False) -> None:
+        """Remove every namespace, process, mount and file the lab made.
+
+        A lab that another live session owns (owned_elsewhere) is left alone
+        unless force. release=False keeps the machine's lab lock (lock_fileno),
+        so that no other session's lab comes up before this process is done.
+        """
         _require_root()
         started = time.monotonic()
         owner = _read_owner()
-        if (self._lock is None and not self.persistent and not owner.get("persistent")
-                and owner.get("pid") != os.getpid() and _pid_alive(owner.get("pid", 0))):
-            # A test session's Lab that is not up (its up failed or waited in
-            # vain) must not pull another live session's lab from under it.
-            log.info("the lab up now belongs to process %s; leaving it", owner["pid"])
+        other = self.owned_elsewhere()
+        if other and not force:
+            # This Lab is not up (its up failed, or waited in vain): it must not
+            # pull another live session's lab from under it.
+            log.warning("the lab belongs to running process %s; leaving it up", other)
             return
         self._teardown()
         dirs = {self.state_dir}
@@ -340,7 +360,8 @@ class Lab:
         for path in dirs:
             _remove_state_dir(path)
         _unlink_quietly(OWNER_PATH)  # no lab left, so no owner
-        if self._lock is not None:
+        self._is_up = False
+        if self._lock is not None and release:
             self._lock.close()
             self._lock = None
         if self._atexit_registered:
@@ -349,6 +370,21 @@ class Lab:
         self.natpi_public = ADDR["natpi_public"]
         self.timings["down"] = time.monotonic() - started
         log.info("lab down in %.1f s", self.timings["down"])
+
+    def owned_elsewhere(self) -> Optional[int]:
+        """The pid of another live process whose lab is up now, if any."""
+        if self._lock is not None:
+            return None  # the lab is this object's
+        owner = _read_owner()
+        pid = owner.get("pid", 0)
+        if owner.get("persistent") or pid in (os.getpid(), self.owner_pid) or not _pid_alive(pid):
+            return None
+        return pid
+
+    @property
+    def lock_fileno(self) -> Optional[int]:
+        """The lab lock's file descriptor while this object holds it (to hand it to a child)."""
+        return self._lock.fileno() if self._lock is not None else None
 
     def status(self) -> Dict[str, Dict[str, object]]:
         """Per host: does its namespace exist, its holder pid, what listens on TCP."""
@@ -642,8 +678,6 @@ class Lab:
 
     def _acquire(self, wait: float) -> float:
         """Take the machine's lab lock; returns the seconds spent waiting for another session."""
-        if self._lock is not None:
-            raise LabError("this lab is already up; call down() first")
         lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         started = time.monotonic()
         deadline = started + wait
@@ -681,7 +715,6 @@ class Lab:
                 self._teardown()
                 time.sleep(0.05)
         self._lock = lock
-        _write_owner(self.state_dir, self.persistent)
         return waited
 
     def _hidden_state_dir(self) -> str:
@@ -890,11 +923,6 @@ def _read_owner() -> dict:
         return json.loads(OWNER_PATH.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_owner(state_dir: Path, persistent: bool) -> None:
-    OWNER_PATH.write_text(json.dumps({"pid": os.getpid(), "persistent": persistent,
-                                      "state_dir": str(state_dir)}) + "\n")
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -200,16 +200,22 @@ def connect_ms(lab: Lab, host: str, address: str, port: int, count: int,
 
 
 def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
-    """Runs last in this module: it takes the module's lab down and builds it again."""
+    """Runs last in this module: it takes the module's lab down and builds it again.
+
+    The lab lock stays with this test throughout (down(release=False), handed
+    to the run that crashes), so another test session's lab cannot slip in.
+    """
     assert leftovers(), "control: a running lab is visible"
-    lab.down()
+    lab.down(release=False)
     assert leftovers() == []
     assert lab.timings["down"] < 15
 
     # A run that dies without tearing down (kill -9, a crash): everything stays.
     crash = subprocess.run(
-        [sys.executable, "-c", "import os; from tests.lab.lab import Lab; Lab().up(); os._exit(1)"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+        [sys.executable, "-c", "import os, socket; from tests.lab.lab import Lab; "
+                               f"Lab(lock=socket.socket(fileno={lab.lock_fileno})).up(); os._exit(1)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=60, pass_fds=(lab.lock_fileno,))
     assert crash.returncode == 1, crash.stderr
     assert leftovers(), "the crashed run left its lab"
 
