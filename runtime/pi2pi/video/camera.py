@@ -59,14 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Counters:
-    """What the camera reports; two threads write it, never the same field."""
+    """What the camera reports. Two threads write it, never the same field:
+    the capture thread `captured` and `dropped`, the sender the rest."""
 
     def __init__(self) -> None:
         self.captured = 0
         self.encoded = 0
         self.frames = 0            # sent
-        self.dropped = 0           # captured while a peer was connected, never sent (capture thread)
-        self.dropped_waiting = 0   # replaced while the sender waited for the peer's acknowledgement
+        self.dropped = 0           # captured while a peer was connected, never sent
         self.corrupt = 0           # frames from the device that were not whole JPEGs
         self.bytes = 0
         self.encode_ms = stats.Samples()
@@ -148,24 +148,21 @@ class Sender:
 
         counters = self.counters
         while not self.run.stop.is_set():
-            item = self.slot.take(0.2)
-            self.link.refuse_others()
-            if item is None:
-                if peer_hung_up(sock):
-                    return "the peer closed the connection"
-                continue
-            # Wait until the peer holds all but `inflight` frames of what we sent;
-            # meanwhile newer frames replace this one (dropped, counted).
+            # First wait until the peer holds all but `inflight` frames of what we
+            # sent, then take the newest frame: frames captured meanwhile replace
+            # each other in the slot (dropped, counted) instead of queueing.
             waited_since = time.monotonic()
             while unacked_bytes(sock) > self.inflight * self.last_size:
                 if self.run.stop.wait(0.001):
                     return None
                 if time.monotonic() - waited_since > self.stall_s:
                     return f"the peer acknowledged nothing for {self.stall_s:.1f} s"
-                newer = self.slot.take(0)
-                if newer is not None:
-                    counters.dropped_waiting += 1
-                    item = newer
+            item = self.slot.take(0.2)
+            self.link.refuse_others()
+            if item is None:
+                if peer_hung_up(sock):
+                    return "the peer closed the connection"
+                continue
             payload = self.encode(item)
             if payload is None:
                 continue
@@ -215,7 +212,7 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
         "frames": counters.frames,
         "captured": counters.captured,
         "encoded": counters.encoded,
-        "dropped": counters.dropped + counters.dropped_waiting,
+        "dropped": counters.dropped,
         "corrupt": counters.corrupt + (link.unproven if link is not None else 0),
         "bytes": counters.bytes,
         "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / rate_window, 2),
