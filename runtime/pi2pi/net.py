@@ -13,12 +13,14 @@ one kind of stream. Without a token the programs speak the seed's bare protocol.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ VERSION = 1
 NONCE_SIZE = 16
 DIGEST_SIZE = 32
 ACCEPTED = b"OK"
+SIOCOUTQ = 0x5411  # bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ)
 HANDSHAKE_TIMEOUT_S = 5.0
 
 
@@ -125,6 +128,28 @@ def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes written to the socket that the peer has not acknowledged yet (0 if unknown)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), SIOCOUTQ, struct.pack("i", 0))
+    except OSError:
+        return 0
+    return struct.unpack("i", raw)[0]
+
+
+def peer_hung_up(sock: socket.socket) -> bool:
+    """True when a peer that is not supposed to send anything has closed (or reset) its side."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def dial(
     host: str,
     port: int,
@@ -174,6 +199,8 @@ class Listener:
             raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}") from None
         self.sock.listen(4)
         self.address = self.sock.getsockname()
+        self.unproven = 0  # dialers that failed the token handshake
+        self.refused = 0   # second dialers turned away while a peer was served
 
     def pending(self, timeout_s: float = 0.0) -> bool:
         readable, _, _ = select.select([self.sock], [], [], timeout_s)
@@ -200,6 +227,7 @@ class Listener:
                 challenge(conn, self.token, self.stream)
             except HandshakeError as err:
                 log.warning("refused %s:%d: %s", peer[0], peer[1], err)
+                self.unproven += 1
                 conn.close()
                 return None
         tune(conn)
@@ -214,10 +242,68 @@ class Listener:
             except OSError:
                 return
             log.warning("refused %s:%d: %s", peer[0], peer[1], why)
+            self.refused += 1
             conn.close()
 
     def close(self) -> None:
         self.sock.close()
+
+
+class PeerLink:
+    """One peer at a time, whichever way the program is set up: dialed (with
+    retries) or accepted (after the token handshake). Counts reconnections,
+    refuses a second dialer while a peer is served, counts unproven dialers."""
+
+    def __init__(self, connect: Optional[str], listen: Optional[str], token: Optional[bytes], stream: str) -> None:
+        self.token = token
+        self.stream = stream
+        self.listener: Optional[Listener] = None
+        self.target: Optional[Tuple[str, int]] = None
+        if listen:
+            self.listener = Listener(*parse_endpoint(listen, listening=True), token, stream)
+        elif connect:
+            self.target = parse_endpoint(connect, listening=False)  # a typo fails now, not later
+        else:
+            raise ConfigError("set one of --connect HOST:PORT or --listen [ADDR:]PORT")
+        self.connections = 0
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connections - 1)
+
+    @property
+    def refused(self) -> int:
+        return self.listener.refused if self.listener is not None else 0
+
+    @property
+    def unproven(self) -> int:
+        return self.listener.unproven if self.listener is not None else 0
+
+    @property
+    def address(self) -> Optional[Tuple[str, int]]:
+        return self.listener.address[:2] if self.listener is not None else None
+
+    def next_peer(self, stop: threading.Event) -> Optional[socket.socket]:
+        """Block until a peer is connected (None once stop is set)."""
+        if self.listener is not None:
+            sock = self.listener.accept(stop)
+        else:
+            assert self.target is not None
+            sock = dial(self.target[0], self.target[1], stop, self.token, self.stream)
+        if sock is not None:
+            self.connections += 1
+            if self.connections > 1:
+                log.info("peer connected again (reconnect %d)", self.reconnects)
+        return sock
+
+    def refuse_others(self) -> None:
+        """While serving a peer, close whoever else dials (one call, one peer)."""
+        if self.listener is not None:
+            self.listener.refuse_pending("already serving a peer")
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
 
 
 def wait_connection(

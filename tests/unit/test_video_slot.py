@@ -6,7 +6,8 @@ import threading
 import time
 
 from pi2pi import wire
-from pi2pi.video.link import LatestSlot, peer_hung_up, unacked_bytes
+from pi2pi.net import peer_hung_up, unacked_bytes
+from pi2pi.video.link import LatestSlot
 
 
 def test_newer_item_replaces_an_untaken_one() -> None:

@@ -144,7 +144,6 @@ class Sender:
 
     def serve(self, sock: socket.socket) -> Optional[str]:
         """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
-        from pi2pi.video.link import peer_hung_up, unacked_bytes
 
         counters = self.counters
         while not self.run.stop.is_set():
@@ -152,7 +151,7 @@ class Sender:
             # sent, then take the newest frame: frames captured meanwhile replace
             # each other in the slot (dropped, counted) instead of queueing.
             waited_since = time.monotonic()
-            while unacked_bytes(sock) > self.inflight * self.last_size:
+            while net.unacked_bytes(sock) > self.inflight * self.last_size:
                 if self.run.stop.wait(0.001):
                     return None
                 if time.monotonic() - waited_since > self.stall_s:
@@ -160,7 +159,7 @@ class Sender:
             item = self.slot.take(0.2)
             self.link.refuse_others()
             if item is None:
-                if peer_hung_up(sock):
+                if net.peer_hung_up(sock):
                     return "the peer closed the connection"
                 continue
             payload = self.encode(item)
@@ -230,7 +229,7 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
 def run(settings: Settings) -> int:
     from pi2pi.video import source as sources
     from pi2pi.video.jpeg import JpegError
-    from pi2pi.video.link import LatestSlot, PeerLink
+    from pi2pi.video.link import LatestSlot
 
     check(settings)
     try:
@@ -251,7 +250,7 @@ def run(settings: Settings) -> int:
             log.error("%s", err)
             return 1
         state["source"]["source_format"] = getattr(source, "format", "I420")
-        link = PeerLink(settings.connect, settings.listen, token, STREAM)
+        link = net.PeerLink(settings.connect, settings.listen, token, STREAM)
         state["link"] = link
         if link.address:
             log.info("listening on %s:%d", *link.address)

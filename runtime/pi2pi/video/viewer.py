@@ -294,7 +294,6 @@ def write_snapshot(fb: Any, path: str) -> None:
 def run(settings: Settings) -> int:
     from pi2pi.video.framebuffer import Console, Framebuffer, FramebufferError
     from pi2pi.video.jpeg import JpegError
-    from pi2pi.video.link import PeerLink
 
     if not (settings.connect or settings.listen):
         raise config.ConfigError("viewer: give --listen [ADDR:]PORT or --connect HOST:PORT")
@@ -318,7 +317,7 @@ def run(settings: Settings) -> int:
         with ProgramRun("viewer", settings.stats_dir(), settings.duration,
                         lambda: snapshot(counters, state["link"], started, extra)) as run_, \
                 Console(settings.console if fb.is_device else ""):
-            link = PeerLink(settings.connect, settings.listen, token, STREAM)
+            link = net.PeerLink(settings.connect, settings.listen, token, STREAM)
             state["link"] = link
             if link.address:
                 log.info("listening on %s:%d", *link.address)
