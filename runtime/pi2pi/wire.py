@@ -45,21 +45,22 @@ class Stalled(Exception):
 def recv_exact(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optional[float] = None) -> bytes:
     """Read exactly `size` bytes.
 
-    Waiting for the first byte may take `first_wait_s` (None: forever, the
-    socket's own timeout then applies in slices); once a frame has started,
-    every later byte must come within `stall_s`.
+    Waiting for the first byte may take `first_wait_s` (None: forever); once
+    a frame has started, every later byte must come within `stall_s`.
     """
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
     started_at = time.monotonic()
+    timeout: Optional[float] = -1.0  # what the socket is set to; set only on change (a syscall each)
     while got < size:
-        if got == 0 and first_wait_s is None:
-            sock.settimeout(None)
-        elif got == 0:
-            sock.settimeout(max(0.001, first_wait_s - (time.monotonic() - started_at)))
+        if got == 0 and first_wait_s is not None:
+            want: Optional[float] = max(0.001, first_wait_s - (time.monotonic() - started_at))
         else:
-            sock.settimeout(stall_s)
+            want = None if got == 0 else stall_s
+        if want != timeout:
+            sock.settimeout(want)
+            timeout = want
         try:
             n = sock.recv_into(view[got:], size - got)
         except socket.timeout:
