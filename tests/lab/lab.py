@@ -845,8 +845,10 @@ def _sysctl(netns: str, key: str, value: int) -> None:
 
 
 def _lab_netns() -> List[str]:
+    """The lab's own namespaces only: a benchmark's pi2pi-bench-* pair is not the lab's."""
+    mine = {PREFIX + host for host in HOSTS}
     try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(PREFIX))
+        return sorted(n for n in os.listdir("/run/netns") if n in mine)
     except FileNotFoundError:
         return []
 
