@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -40,12 +41,20 @@ def alsa_env(directory: Path, capture: Optional[np.ndarray] = None, name: str = 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so no outgoing connection takes it meanwhile."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..32000")
 
 
-def wait_listening(port: int, timeout_s: float = 10.0) -> None:
+def wait_listening(port: int, timeout_s: float = 30.0) -> None:
     """Wait until something listens on the port (without connecting to it: ss)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,7 +70,7 @@ def start(program: str, args: List[str], env: Dict[str, str], log: Path) -> subp
     return subprocess.Popen(PI2PI + [program] + args + ["-v"], env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
-def finish(proc: subprocess.Popen, timeout_s: float = 15.0) -> int:
+def finish(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

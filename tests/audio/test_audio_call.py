@@ -129,7 +129,7 @@ def test_chirp_comes_out_aligned_whole_and_without_a_cut(tmp_path, with_token):
 
 def read_until_closed(conn: socket.socket) -> bytes:
     chunks = []
-    conn.settimeout(15.0)
+    conn.settimeout(30.0)
     while True:
         data = conn.recv(65536)
         if not data:
@@ -156,7 +156,7 @@ def test_the_wire_carries_exactly_the_seed_framing(tmp_path):
     port = server.getsockname()[1]
     talk = harness.start("talk", ["--connect", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
                                   "--duration", "1.5", "--stats", str(tmp_path)], env, tmp_path / "talk.log")
-    server.settimeout(10)
+    server.settimeout(30)
     conn, _ = server.accept()
     stream = read_until_closed(conn)
     assert harness.finish(talk) == 0

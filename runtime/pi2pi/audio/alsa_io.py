@@ -24,6 +24,7 @@ from pi2pi.config import ConfigError
 log = logging.getLogger(__name__)
 
 PACES = ("device", "clock")
+DeviceError = alsaaudio.ALSAAudioError   # the device failed mid-call (unplugged, ...)
 SAMPLE_BYTES = 2   # S16_LE
 
 

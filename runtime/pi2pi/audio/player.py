@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from pi2pi import net, wire
-from pi2pi.audio.alsa_io import DeviceSettings, MixerSettings, Playback, apply_mixer
+from pi2pi.audio.alsa_io import DeviceError, DeviceSettings, MixerSettings, Playback, apply_mixer
 from pi2pi.audio.codec import Decoder, OpusError
 from pi2pi.audio.jitter import JitterBuffer, JitterSettings, Playout, opus_packet_ms
 from pi2pi.audio.listen import Settings
@@ -207,6 +207,25 @@ def run(settings: Settings) -> int:
             "record_start_unix": record_start,
         }
 
+    exit_code = 0
+
+    def play(run_: ProgramRun) -> None:
+        nonlocal record_start
+        assert playback is not None
+        while not run_.should_stop():
+            pcm = playout.next_frame(now_ms()).tobytes()
+            if not pcm:
+                continue
+            recording = recorder is not None and (record_start is not None or playout.playing)
+            if recording and record_start is None:
+                record_start = playback.play_time_of_next()
+            gap = playback.write(pcm)
+            if recording:
+                assert recorder is not None
+                if gap:   # what was heard: the device's silence, then this
+                    recorder.write(bytes(gap * settings.channels * 2))
+                recorder.write(pcm)
+
     try:
         playback = Playback(device)
         apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute),
@@ -215,19 +234,12 @@ def run(settings: Settings) -> int:
             watcher = threading.Thread(target=_forward_stop, args=(run_, stop), daemon=True)
             watcher.start()
             receiver.thread.start()
-            while not run_.should_stop():
-                pcm = playout.next_frame(now_ms()).tobytes()
-                if not pcm:
-                    continue
-                recording = recorder is not None and (record_start is not None or playout.playing)
-                if recording and record_start is None:
-                    record_start = playback.play_time_of_next()
-                gap = playback.write(pcm)
-                if recording:
-                    assert recorder is not None
-                    if gap:   # what was heard: the device's silence, then this
-                        recorder.write(bytes(gap * settings.channels * 2))
-                    recorder.write(pcm)
+            try:
+                play(run_)
+            except (DeviceError, OSError) as err:
+                log.error("playback device %s failed: %s", settings.device, err)
+                run_.end(f"device error: {err}")
+                exit_code = 1
             stop.set()
             receiver.thread.join(timeout=2.0)
     finally:
@@ -238,7 +250,7 @@ def run(settings: Settings) -> int:
         if playback is not None:
             playback.close()
         decoder.close()
-    return 0
+    return exit_code
 
 
 def _forward_stop(run_: ProgramRun, stop: threading.Event) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from pi2pi import net, wire
-from pi2pi.audio.alsa_io import Capture, DeviceSettings, MixerSettings, apply_mixer
+from pi2pi.audio.alsa_io import Capture, DeviceError, DeviceSettings, MixerSettings, apply_mixer
 from pi2pi.audio.codec import CodecSettings, Encoder
 from pi2pi.audio.talk import Settings
 from pi2pi.lifecycle import ProgramRun
@@ -131,6 +131,7 @@ def run(settings: Settings) -> int:
     apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute), capture=True)
     encoder = Encoder(codec)
     sock: Optional[socket.socket] = None
+    exit_code = 0
     try:
         with ProgramRun("talk", settings.stats_dir(), settings.duration, snapshot) as run_:
             connector.stop = run_.stop
@@ -144,7 +145,13 @@ def run(settings: Settings) -> int:
             dropping_since: Optional[int] = None   # frame count when the queue filled up
             stall_frames = int(settings.stall_s * 1000 / codec.frame_ms)
             while not run_.should_stop():
-                pcm = capture.read_frame()
+                try:
+                    pcm = capture.read_frame()
+                except DeviceError as err:
+                    log.error("capture device %s failed: %s", settings.device, err)
+                    run_.end(f"device error: {err}")
+                    exit_code = 1
+                    break
                 counters.frames_captured += 1
                 if sock is None:
                     sock = connector.take()
@@ -192,7 +199,7 @@ def run(settings: Settings) -> int:
         connector.close()
         encoder.close()
         capture.close()
-    return 0
+    return exit_code
 
 
 def _drop(sock: socket.socket, connector: Connector) -> None:
