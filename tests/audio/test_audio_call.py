@@ -339,3 +339,30 @@ def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_p
     assert talk_stats["packets"] > 60 and listen_stats["packets"] == talk_stats["packets"]
     _, heard = analysis.read_wav(tmp_path / "heard.wav")
     assert abs(dominant_hz(sounding(heard)) - 350.0) < 5
+
+
+def test_talk_redials_when_the_listener_comes_back(tmp_path):
+    env = harness.alsa_env(tmp_path / "alsa", harness.with_silence(tone(5.0, 440.0), RATE, 0.0, 2.0))
+    port = harness.free_port()
+    first = harness.start("listen", ["--listen", f"127.0.0.1:{port}", "--device", "null", "--pace", "clock",
+                                     "--stats", str(tmp_path / "first"), "--duration", "1.5", *ROOMY],
+                          env, tmp_path / "first.log")
+    harness.wait_listening(port)
+    talk = harness.start("talk", ["--connect", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
+                                  "--duration", "5", "--stats", str(tmp_path / "talk")], env, tmp_path / "talk.log")
+    assert harness.finish(first) == 0
+    second = harness.start("listen", ["--listen", f"127.0.0.1:{port}", "--device", "null", "--pace", "clock",
+                                      "--stats", str(tmp_path / "second"), "--duration", "30", *ROOMY],
+                           env, tmp_path / "second.log")
+    try:
+        assert harness.finish(talk) == 0, (tmp_path / "talk.log").read_text()
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert harness.finish(second) == 0
+    talk_stats = harness.stats(tmp_path / "talk", "talk")
+    first_stats = harness.stats(tmp_path / "first", "listen")
+    second_stats = harness.stats(tmp_path / "second", "listen")
+    assert talk_stats["reconnects"] == 1
+    assert first_stats["packets"] > 20 and second_stats["packets"] > 20
+    # what reached neither listener is the little talk wrote before it saw the first one go
+    assert talk_stats["packets"] - 3 <= first_stats["packets"] + second_stats["packets"] <= talk_stats["packets"]
