@@ -69,6 +69,10 @@ def simulate(
         return np.zeros(samples, dtype=np.int16)   # the simulation's concealment: silence
 
     playout = Playout(buffer, decode, conceal, rate, 1, FRAME_MS)
+    # the signal repeats every 5 spurts (5 pitches x 2 s): compute that once
+    cycle = talk_spurts(rate, 0, int(5 * 2.0 * rate))
+    cycle_bytes = cycle.tobytes()
+    assert cycle.size % frame == 0
     sender_period = FRAME_MS / (1.0 + drift_ppm * 1e-6)   # ms of player time per sender frame
     next_send = 0.0
     sent = 0
@@ -104,7 +108,8 @@ def simulate(
     while now < seconds * 1000.0:
         # the network delivers everything sent up to now
         while next_send <= now:
-            payload = talk_spurts(rate, sent * frame, frame).tobytes()
+            first = (sent * frame) % cycle.size
+            payload = cycle_bytes[first * 2:(first + frame) * 2]
             extra = rng.uniform(-jitter_ms, jitter_ms) if uniform else abs(rng.gauss(0.0, jitter_ms))
             arrival = max(last_arrival, next_send + delay_ms + extra)
             last_arrival = arrival

@@ -160,6 +160,8 @@ def run(settings: Settings) -> int:
                     counters.connections += 1
                     dropping_since = None
                     sock.settimeout(settings.stall_s)
+                if connector.listener is not None and counters.frames_captured % 50 == 0:
+                    connector.listener.refuse_pending("a call is in progress")   # one call, one peer
                 if peer_gone(sock):
                     log.warning("peer closed the connection; waiting for it again")
                     sock = _drop(sock, connector)
