@@ -301,7 +301,7 @@ def test_with_a_token_a_stranger_is_refused_and_the_call_plays(tmp_path):
             send_paced(conn, our_packets(1.0, 440.0))
     finally:
         stats = stop_listen(tmp_path, proc)
-    assert stats["packets"] == 50 and stats["reconnects"] == 0
+    assert stats["packets"] == 50 and stats["reconnects"] == 0 and stats["unproven"] == 1
     assert "refused" in (tmp_path / "listen.log").read_text()
 
 

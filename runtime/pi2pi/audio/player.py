@@ -45,7 +45,6 @@ class ReceiveCounters:
     malformed: int = 0     # not an Opus packet at all (its TOC byte cannot be)
     stalls: int = 0
     closed: int = 0
-    connections: int = 0
 
 
 class Receiver:
@@ -56,21 +55,14 @@ class Receiver:
         self.buffer = buffer
         self.stop = stop
         self.counters = ReceiveCounters()
-        self.listener: Optional[net.Listener] = None
-        if settings.listen:
-            host, port = net.parse_endpoint(settings.listen, listening=True)
-            self.listener = net.Listener(host, port, token, "audio")
-        else:
-            assert settings.connect
-            net.parse_endpoint(settings.connect, listening=False)
+        self.link = net.PeerLink(settings.connect, settings.listen, token, "audio")
         self.thread = threading.Thread(target=self._run, name="receiver", daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            sock = net.wait_connection(self.settings.connect, self.listener, self.stop, self.token, "audio")
+            sock = self.link.next_peer(self.stop)
             if sock is None:
                 return
-            self.counters.connections += 1
             self.buffer.new_stream()
             try:
                 self._serve(sock)
@@ -95,8 +87,7 @@ class Receiver:
             try:
                 packet = wire.read_audio_frame(sock, self.settings.stall_s, first_wait_s=IDLE_POLL_S)
             except socket.timeout:
-                if self.listener is not None:
-                    self.listener.refuse_pending("a call is in progress")
+                self.link.refuse_others()
                 if time.monotonic() - idle_since > self.settings.stall_s:
                     c.stalls += 1
                     log.warning("peer sent nothing for %.1f s; dropping it", self.settings.stall_s)
@@ -134,12 +125,11 @@ class Receiver:
             c.packets += 1
             c.audio_ms += duration
             self.buffer.push(packet, duration, now_ms())
-            if self.listener is not None and c.packets % 50 == 0:
-                self.listener.refuse_pending("a call is in progress")
+            if c.packets % 50 == 0:
+                self.link.refuse_others()
 
     def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
+        self.link.close()
 
 
 def run(settings: Settings) -> int:
@@ -185,7 +175,9 @@ def run(settings: Settings) -> int:
             "underruns": p.underruns,
             "concealed": p.concealed,
             "dropped": p.dropped,
-            "reconnects": max(0, r.connections - 1),
+            "reconnects": receiver.link.reconnects,
+            "refused": receiver.link.refused,      # second dialers turned away
+            "unproven": receiver.link.unproven,    # dialers without this call's token
             "buffer_ms": p.buffer_summary(),
             "drift_ppm": buffer.drift_ppm(),
             "rejected": p.rejected + r.malformed,

@@ -6,13 +6,9 @@ sends fresh audio, not a stale backlog.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import queue
-import select
 import socket
-import struct
-import termios
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -32,32 +28,17 @@ class TalkCounters:
     packets: int = 0
     bytes: int = 0            # on the wire, length bytes included
     dropped: int = 0          # frames not sent because the TCP queue was full
-    connections: int = 0
     stalls: int = 0
     frames_captured: int = 0
     largest_packet: int = 0
 
 
-def unsent_bytes(sock: socket.socket) -> int:
-    """Bytes still in the kernel's send queue (Linux SIOCOUTQ)."""
-    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
-    return struct.unpack("i", raw)[0]
-
-
 class Connector:
-    """Dials or accepts in a background thread; hands over one socket at a time."""
+    """Waits for the peer (dials or accepts) in a background thread; hands over one socket at a time."""
 
-    def __init__(self, settings: Settings, token: Optional[bytes], stop: threading.Event) -> None:
-        self.settings = settings
-        self.token = token
+    def __init__(self, link: net.PeerLink, stop: threading.Event) -> None:
+        self.link = link
         self.stop = stop
-        self.listener: Optional[net.Listener] = None
-        if settings.listen:
-            host, port = net.parse_endpoint(settings.listen, listening=True)
-            self.listener = net.Listener(host, port, token, "audio")
-        else:
-            assert settings.connect
-            net.parse_endpoint(settings.connect, listening=False)   # a typo fails now, not later
         self.ready: "queue.Queue[socket.socket]" = queue.Queue(maxsize=1)
         self._thread: Optional[threading.Thread] = None
 
@@ -67,7 +48,7 @@ class Connector:
             self._thread.start()
 
     def _connect(self) -> None:
-        sock = net.wait_connection(self.settings.connect, self.listener, self.stop, self.token, "audio")
+        sock = self.link.next_peer(self.stop)
         if sock is not None:
             self.ready.put(sock)
 
@@ -76,21 +57,6 @@ class Connector:
             return self.ready.get_nowait()
         except queue.Empty:
             return None
-
-    def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-
-
-def peer_gone(sock: socket.socket) -> bool:
-    """The listener never sends after the handshake: readable means closed (or junk)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        return sock.recv(4096) == b""
-    except OSError:
-        return True
 
 
 def run(settings: Settings) -> int:
@@ -113,7 +79,9 @@ def run(settings: Settings) -> int:
             "underruns": capture.overruns if capture else 0,   # capture overruns (xruns)
             "concealed": 0,
             "dropped": counters.dropped,
-            "reconnects": max(0, counters.connections - 1),
+            "reconnects": link.reconnects,
+            "refused": link.refused,      # second dialers turned away
+            "unproven": link.unproven,    # dialers without this call's token
             "buffer_ms": {"mean": round(sum(values) / len(values), 1) if values else 0.0,
                           "max": round(max(values), 1) if values else 0.0},
             "drift_ppm": capture.drift_ppm() if capture else None,
@@ -126,7 +94,8 @@ def run(settings: Settings) -> int:
             "capture_start_unix": capture.start if capture else None,
         }
 
-    connector = Connector(settings, token, threading.Event())
+    link = net.PeerLink(settings.connect, settings.listen, token, "audio")
+    connector = Connector(link, threading.Event())
     capture = Capture(device, codec.frame_samples)
     apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute), capture=True)
     encoder = Encoder(codec)
@@ -157,18 +126,17 @@ def run(settings: Settings) -> int:
                     sock = connector.take()
                     if sock is None:
                         continue
-                    counters.connections += 1
                     dropping_since = None
                     sock.settimeout(settings.stall_s)
-                if connector.listener is not None and counters.frames_captured % 50 == 0:
-                    connector.listener.refuse_pending("a call is in progress")   # one call, one peer
-                if peer_gone(sock):
+                if counters.frames_captured % 50 == 0:
+                    link.refuse_others()   # one call, one peer
+                if net.peer_hung_up(sock):
                     log.warning("peer closed the connection; waiting for it again")
                     sock = _drop(sock, connector)
                     continue
                 packet = encoder.encode(pcm)
                 frame = wire.pack_audio_frame(packet)
-                queued = unsent_bytes(sock)
+                queued = net.unacked_bytes(sock)
                 queued_ms = queued / mean_frame_bytes * codec.frame_ms
                 backlog.add(queued_ms)
                 if queued_ms > settings.max_backlog_ms:
@@ -198,7 +166,7 @@ def run(settings: Settings) -> int:
     finally:
         if sock is not None:
             sock.close()
-        connector.close()
+        link.close()
         encoder.close()
         capture.close()
     return exit_code
