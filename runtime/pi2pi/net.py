@@ -22,7 +22,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -304,22 +303,3 @@ class PeerLink:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
-
-
-def wait_connection(
-    endpoint_connect: Optional[str],
-    listener: Optional[Listener],
-    stop: threading.Event,
-    token: Optional[bytes],
-    stream: str,
-) -> Optional[socket.socket]:
-    """One connection to the peer, whichever way this program is set up."""
-    if listener is not None:
-        return listener.accept(stop)
-    assert endpoint_connect is not None
-    host, port = parse_endpoint(endpoint_connect, listening=False)
-    return dial(host, port, stop, token, stream)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000

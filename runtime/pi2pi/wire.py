@@ -73,6 +73,11 @@ def recv_exact(sock: socket.socket, size: int, stall_s: float, first_wait_s: Opt
     return bytes(buf)
 
 
+def now_us() -> int:
+    """A frame's stamp: microseconds since the Unix epoch (CLOCK_REALTIME)."""
+    return time.time_ns() // 1000
+
+
 @dataclass(frozen=True)
 class VideoHeader:
     seq: int

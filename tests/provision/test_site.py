@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import time
-from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import jinja2

@@ -55,7 +55,7 @@ def closed_by_viewer(sock: socket.socket, within_s: float = 5.0) -> bool:
 
 
 def header(seq: int, length: int, magic: bytes = wire.VIDEO_MAGIC) -> bytes:
-    return struct.pack(">4sIIQ", magic, seq, length, net.now_us())
+    return struct.pack(">4sIIQ", magic, seq, length, wire.now_us())
 
 
 def huge_dimensions_jpeg() -> bytes:

@@ -175,7 +175,7 @@ class Sender:
             now = time.monotonic()
             counters.frames += 1
             counters.bytes += wire.VIDEO_HEADER.size + len(payload)
-            counters.latency_ms.add((net.now_us() - item.stamp_us) / 1000)
+            counters.latency_ms.add((wire.now_us() - item.stamp_us) / 1000)
             if counters.first_sent is None:
                 counters.first_sent = now
             counters.last_sent = now

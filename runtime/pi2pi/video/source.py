@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from pi2pi import wire
 from pi2pi.video import jpeg as jpeglib
 from pi2pi.video.testpattern import TestPattern
 
@@ -44,10 +45,6 @@ class Frame:
     subsample: int = jpeglib.SAMP_420
     width: int = 0
     height: int = 0
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Pacer:
@@ -89,7 +86,7 @@ class TestPatternSource:
             return None
         seq = self.seq
         self.seq += 1
-        stamp = now_us()
+        stamp = wire.now_us()
         # A copy: the pattern draws the next frame into the same buffer while this one is encoded.
         yuv = self.pattern.render(seq).copy()
         return Frame(seq, stamp, yuv=yuv, width=self.width, height=self.height)
@@ -127,7 +124,7 @@ class ClipSource:
             return None
         seq = self.seq
         self.seq += 1
-        return Frame(seq, now_us(), yuv=self.frames[seq % len(self.frames)], width=self.width, height=self.height)
+        return Frame(seq, wire.now_us(), yuv=self.frames[seq % len(self.frames)], width=self.width, height=self.height)
 
     def close(self) -> None:
         pass
@@ -323,7 +320,7 @@ class V4L2Source:
 
     def _stamp_us(self, buf: Any) -> int:
         """The driver's capture time on the wall clock (its stamps are CLOCK_MONOTONIC)."""
-        wall = now_us()
+        wall = wire.now_us()
         if buf.flags & V4L2_BUF_FLAG_TIMESTAMP_MASK != V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC:
             return wall
         taken = buf.timestamp.secs * 1_000_000 + buf.timestamp.usecs

@@ -239,7 +239,7 @@ class Painter:
         decoded = time.perf_counter()
         self.fb.paint(picture, *self.at)
         painted = time.perf_counter()
-        counters.latency_ms.add((net.now_us() - item.header.stamp_us) / 1000)
+        counters.latency_ms.add((wire.now_us() - item.header.stamp_us) / 1000)
         counters.decode_ms.add((decoded - started) * 1000)
         counters.paint_ms.add((painted - decoded) * 1000)
         counters.frames += 1
