@@ -55,6 +55,19 @@ class Samples:
         return percentiles(self.values)
 
 
+def stream_rates(
+    count: int, nbytes: int, first_at: Optional[float], last_at: Optional[float], started_at: float
+) -> Dict[str, float]:
+    """fps and kbps over the time the stream flowed (first to last item, monotonic
+    seconds), so waiting for the peer does not dilute them; else over the whole run."""
+    streaming = last_at - first_at if first_at is not None and last_at is not None and count > 1 else 0.0
+    window = streaming if streaming > 0 else max(time.monotonic() - started_at, 1e-9)
+    return {
+        "fps": round((count - 1 if streaming > 0 else count) / window, 2),
+        "kbps": round(nbytes * 8 / 1000 / window, 1),
+    }
+
+
 def build(program: str, started: float, ended: float, reason: str, fields: Dict[str, Any]) -> Dict[str, Any]:
     record: Dict[str, Any] = {
         "schema": SCHEMA,

@@ -58,3 +58,9 @@ def test_duration_ends_the_run(tmp_path):
         while not run.should_stop():
             run.stop.wait(0.01)
     assert json.loads((tmp_path / "camera.json").read_text())["reason"] == "duration reached"
+
+
+def test_stream_rates_count_only_the_time_the_stream_flowed():
+    # 31 frames from t=10 to t=13: 30 intervals in 3 s; waiting before t=10 does not count.
+    rates = stats.stream_rates(31, 3000 * 31, 10.0, 13.0, started_at=0.0)
+    assert rates == {"fps": 10.0, "kbps": round(3000 * 31 * 8 / 1000 / 3, 1)}

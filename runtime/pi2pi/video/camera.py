@@ -201,11 +201,6 @@ class Sender:
 
 
 def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], started: float) -> Dict[str, Any]:
-    elapsed = time.monotonic() - started
-    streaming = 0.0
-    if counters.first_sent is not None and counters.last_sent is not None and counters.frames > 1:
-        streaming = counters.last_sent - counters.first_sent
-    rate_window = streaming if streaming > 0 else max(elapsed, 1e-9)
     cpu_s = time.process_time() - counters.cpu_start if counters.cpu_start is not None else 0.0
     return {
         "frames": counters.frames,
@@ -214,8 +209,7 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
         "dropped": counters.dropped,
         "corrupt": counters.corrupt + (link.unproven if link is not None else 0),
         "bytes": counters.bytes,
-        "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / rate_window, 2),
-        "kbps": round(counters.bytes * 8 / 1000 / rate_window, 1),
+        **stats.stream_rates(counters.frames, counters.bytes, counters.first_sent, counters.last_sent, started),
         "reconnects": link.reconnects if link is not None else 0,
         "refused": link.refused if link is not None else 0,
         "latency_ms": counters.latency_ms.summary(),

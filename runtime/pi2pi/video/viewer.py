@@ -252,11 +252,6 @@ class Painter:
 
 
 def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any]) -> Dict[str, Any]:
-    elapsed = time.monotonic() - started
-    streaming = 0.0
-    if counters.first_paint is not None and counters.last_paint is not None and counters.frames > 1:
-        streaming = counters.last_paint - counters.first_paint
-    window = streaming if streaming > 0 else max(elapsed, 1e-9)
     cpu_s = time.process_time() - counters.cpu_start if counters.cpu_start is not None else 0.0
     return {
         "frames": counters.frames,
@@ -265,8 +260,7 @@ def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any
         "corrupt": counters.corrupt + (link.unproven if link is not None else 0),
         "decode_warnings": counters.decode_warnings,
         "bytes": counters.bytes,
-        "fps": round((counters.frames - 1 if streaming > 0 else counters.frames) / window, 2),
-        "kbps": round(counters.bytes * 8 / 1000 / window, 1),
+        **stats.stream_rates(counters.frames, counters.bytes, counters.first_paint, counters.last_paint, started),
         "reconnects": link.reconnects if link is not None else 0,
         "refused": link.refused if link is not None else 0,
         "seq_gaps": counters.seq_gaps,
