@@ -95,3 +95,37 @@ def test_camera_disconnected_mid_stream(vivid, results):
     finally:
         camera.stop()
         sink.close()
+
+
+def test_camera_refuses_to_stream(vivid, results):
+    # vivid's error injection: its next VIDIOC_STREAMON fails, as a camera
+    # that cannot start (no bandwidth, a firmware fault) does.
+    fd = os.open(vivid, os.O_RDWR)
+    try:
+        hwlib.set_control(fd, "Inject VIDIOC_STREAMON Error", 0)
+    finally:
+        os.close(fd)
+    camera = start("camera", ["--source", vivid, "--size", SIZE, "--fps", "10",
+                              "--connect", f"127.0.0.1:{free_port()}", "--duration", "120"], results)
+    try:
+        assert_clear_failure(camera, 60, vivid)
+    finally:
+        camera.stop()
+
+
+def test_camera_takes_the_size_the_device_offers(vivid, results):
+    # 1000x700 is not one of vivid's webcam sizes: the driver picks its own.
+    sink = Sink()
+    camera = start("camera", ["--source", vivid, "--size", "1000x700", "--fps", "10",
+                              "--connect", f"127.0.0.1:{sink.port}", "--duration", "4"], results)
+    try:
+        assert camera.wait(60) == 0, camera.log()
+    finally:
+        camera.stop()
+        sink.close()
+    log = camera.log()
+    assert "instead of 1000x700" in log, log
+    assert "Traceback" not in log, log
+    record = camera.stats()
+    assert record["reason"] == "duration reached"
+    assert record["frames"] >= 1 and sink.received > 0
