@@ -15,7 +15,7 @@ help:
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark"
 
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh apt-packages-hw.txt
 
 # The README's test command. Host tests (unit, lint, media, lab) then the VM.
 test: test-host test-hw
