@@ -113,6 +113,17 @@ def test_camera_refuses_to_stream(vivid, results):
         camera.stop()
 
 
+def test_camera_asked_for_a_format_the_device_refuses(vivid, results):
+    # vivid has no MJPEG: asking for it must fail at once, naming what it offers.
+    camera = start("camera", ["--source", vivid, "--format", "MJPG", "--size", SIZE, "--fps", "10",
+                              "--connect", f"127.0.0.1:{free_port()}", "--duration", "120"], results)
+    try:
+        assert_clear_failure(camera, 60, vivid)
+        assert "does not offer MJPG" in camera.log()
+    finally:
+        camera.stop()
+
+
 def test_camera_takes_the_size_the_device_offers(vivid, results):
     # 1000x700 is not one of vivid's webcam sizes: the driver picks its own.
     sink = Sink()

@@ -21,8 +21,7 @@ def save_png(path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path)
 
 
-@pytest.mark.parametrize("bpp", [32])
-@pytest.mark.parametrize("pixel_format", ["YUYV"])
+@pytest.mark.parametrize("pixel_format, bpp", [("YUYV", 32), ("YU12", 16)])
 def test_camera_picture_is_painted_on_the_framebuffer(vivid, results, pixel_format, bpp):
     var, fix = hwlib.fb_set_mode(*SCREEN, bpp, virtual_width=PADDED)
     assert fix.line_length == PADDED * bpp // 8
@@ -34,7 +33,8 @@ def test_camera_picture_is_painted_on_the_framebuffer(vivid, results, pixel_form
     camera = None
     try:
         assert viewer.listening(port, 60), f"the viewer never listened:\n{viewer.log()}"
-        camera = start("camera", ["--source", vivid, "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", "10",
+        camera = start("camera", ["--source", vivid, "--format", pixel_format,
+                                  "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", "10",
                                   "--quality", "90", "--connect", f"127.0.0.1:{port}",
                                   "--duration", "5"], results)
         assert camera.wait(90) == 0, camera.log()

@@ -1,6 +1,7 @@
 """Pixels: RGB565 conversion, framebuffer geometry, scaling choice, PNG, the test pattern's label."""
 from __future__ import annotations
 
+import os
 import io
 
 import numpy as np
@@ -109,3 +110,20 @@ def test_check_jpeg() -> None:
     for bad, why in ((b"GIF89a" + good, "start"), (good[:-20], "end"), (good, "beyond")):
         with pytest.raises(jpeg.JpegError, match=why):
             jpeg.check_jpeg(bad, 10000 if why != "beyond" else 100)
+
+
+def test_bgr565_framebuffer_gets_red_in_the_low_bits(tmp_path) -> None:
+    # vfb at 16 bpp is BGR565 (red at bit 0): decoding to RGBX and packing as usual swaps the channels.
+    g = framebuffer.Geometry(4, 2, 16, 8, 0, 5, 11)
+    assert framebuffer.pixel_format(g) == turbojpeg.TJPF_RGBX
+    path = tmp_path / "fb"
+    path.write_bytes(bytes(g.size))
+    fd = os.open(path, os.O_RDWR)
+    fb = framebuffer.Framebuffer(str(path), g, fd, is_device=False)
+    red_as_rgbx = np.array([[[255, 0, 0, 0]] * 4] * 2, dtype=np.uint8)
+    fb.paint(red_as_rgbx, 0, 0)
+    assert (np.fromfile(path, dtype="<u2") == 0x001F).all()
+    assert fb.rgb()[1, 3].tolist() == [255, 0, 0]
+    fb.close()
+    with pytest.raises(framebuffer.FramebufferError, match="neither RGB565 nor BGR565"):
+        framebuffer.pixel_format(framebuffer.Geometry(4, 2, 16, 8, 10, 5, 0))

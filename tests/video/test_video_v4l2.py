@@ -120,3 +120,14 @@ def test_a_camera_without_a_usable_format_is_refused_clearly() -> None:
     with pytest.raises(SourceError, match="offers RGBP"):
         start(camera)
     assert camera.closed
+
+
+def test_a_chosen_format_wins_over_the_preference_or_is_refused_clearly() -> None:
+    camera = FakeCamera(["YUYV", "MJPG"], W, H, buffer_size=64 * 1024)
+    source = V4L2Source("/dev/video9", W, H, 15, quality=90, io=camera, pixel_format="YUYV")
+    assert camera.pixelformat == v4l2.V4L2_PIX_FMT_YUYV and source.format == "YUYV"
+    source.close()
+    camera = FakeCamera(["YUYV"], W, H, buffer_size=64 * 1024)
+    with pytest.raises(SourceError, match="does not offer MJPG"):
+        V4L2Source("/dev/video9", W, H, 15, quality=90, io=camera, pixel_format="MJPG")
+    assert camera.closed

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 STREAM = "video"
 
 
+FORMAT_NAMES = ("MJPG", "JPEG", "YUYV", "YU12", "NV12")  # as video.source.FORMAT_PREFERENCE (kept light here)
+
+
 @dataclass
 class Settings(config.Common):
     source: str = "testpattern"   # testpattern, /dev/videoN, or a raw I420 clip file (.yuv)
@@ -37,6 +40,7 @@ class Settings(config.Common):
     max_frame: int = 4 << 20      # bytes; a bigger JPEG is not sent
     stall: float = 5.0            # seconds a peer may leave a frame unacknowledged before we give up on it
     buffers: int = 4              # V4L2 capture buffers
+    format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 0.5         # frames the peer may leave unacknowledged before the next is sent
 
@@ -51,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES")
     parser.add_argument("--stall", type=float, default=S, metavar="SECONDS",
                         help="give up on a peer that acknowledges nothing for this long (default 5)")
+    parser.add_argument("--format", default=S, metavar="FOURCC",
+                        help="V4L2 pixel format: MJPG, JPEG, YUYV, YU12 or NV12 (default: the camera's MJPEG if it has it)")
     parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers (default 4)")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
     parser.add_argument("--inflight", type=float, default=S, metavar="FRAMES",
@@ -87,6 +93,8 @@ def check(settings: Settings) -> None:
         raise config.ConfigError("fps 0 (unpaced) is only for the test pattern or a clip; a camera needs a rate")
     if not 0 <= settings.inflight <= 100:
         raise config.ConfigError(f"inflight {settings.inflight}: want 0..100 frames")
+    if settings.format is not None and settings.format not in FORMAT_NAMES:
+        raise config.ConfigError(f"format {settings.format!r}: want one of {', '.join(FORMAT_NAMES)}")
     if not 1024 <= settings.max_frame <= 64 << 20:
         raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
 
@@ -238,7 +246,8 @@ def run(settings: Settings) -> int:
                     lambda: snapshot(counters, state["link"], state["source"], started)) as run_:
         try:
             source = sources.open_source(settings.source, width, height, settings.fps, settings.quality,
-                                         settings.label or socket.gethostname(), settings.max_frame, settings.buffers)
+                                         settings.label or socket.gethostname(), settings.max_frame, settings.buffers,
+                                         settings.format)
         except sources.SourceError as err:
             run_.end(f"error: {err}")
             log.error("%s", err)

@@ -87,11 +87,16 @@ def parse_geometry(text: str) -> Geometry:
 
 
 def pixel_format(geometry: Geometry) -> int:
-    """The TurboJPEG pixel format that matches the framebuffer's bytes (BGRX for 16 bpp, then converted)."""
+    """The TurboJPEG pixel format that matches the framebuffer's bytes (for 16 bpp: what
+    bgrx_to_rgb565 packs from; decoding to RGBX instead swaps red and blue, which makes
+    BGR565, the layout vfb and some panels use)."""
     if geometry.bpp == 16:
-        if (geometry.red_offset, geometry.green_offset, geometry.blue_offset) != (11, 5, 0):
-            raise FramebufferError("16 bpp framebuffer that is not RGB565")
-        return turbojpeg.TJPF_BGRX  # then bgrx_to_rgb565
+        offsets = (geometry.red_offset, geometry.green_offset, geometry.blue_offset)
+        if offsets == (11, 5, 0):
+            return turbojpeg.TJPF_BGRX
+        if offsets == (0, 5, 11):
+            return turbojpeg.TJPF_RGBX
+        raise FramebufferError(f"16 bpp framebuffer with rgb offsets {offsets}: neither RGB565 nor BGR565")
     order = {geometry.red_offset // 8: "R", geometry.green_offset // 8: "G", geometry.blue_offset // 8: "B"}
     if geometry.bpp == 24:
         layout = "".join(order.get(i, "X") for i in range(3))
@@ -229,7 +234,8 @@ class Framebuffer:
         """The whole visible screen as RGB888 (H, W, 3)."""
         g = self.geometry
         if g.bpp == 16:
-            return rgb565_to_rgb(np.array(self.screen))
+            picture = rgb565_to_rgb(np.array(self.screen))
+            return picture[..., ::-1].copy() if g.red_offset == 0 else picture  # BGR565
         order = {g.red_offset // 8: 0, g.green_offset // 8: 1, g.blue_offset // 8: 2}
         index = [next(i for i, c in order.items() if c == channel) for channel in range(3)]
         return np.ascontiguousarray(self.screen[..., index])

@@ -164,7 +164,8 @@ class V4L2Source:
     """Capture through V4L2 streaming I/O with mmapped buffers (v4l2-python3's structures)."""
 
     def __init__(self, path: str, width: int, height: int, fps: float, quality: int,
-                 buffers: int = 4, io: Optional[DeviceIO] = None, max_frame: int = 4 << 20) -> None:
+                 buffers: int = 4, io: Optional[DeviceIO] = None, max_frame: int = 4 << 20,
+                 pixel_format: Optional[str] = None) -> None:
         import v4l2  # imported here: only a camera with a device needs it
 
         self.v4l2 = v4l2
@@ -177,6 +178,7 @@ class V4L2Source:
         self.corrupt = 0     # device buffers that were not a whole JPEG
         self.maps: List[Any] = []
         self.streaming = False
+        self.wanted_format = pixel_format  # None: the first of FORMAT_PREFERENCE the device offers
         try:
             self.fd = self.io.open(path)
         except OSError as err:
@@ -201,7 +203,13 @@ class V4L2Source:
             raise SourceError(f"camera {self.path} ({cap.card.decode(errors='replace')}) cannot stream video capture")
         log.info("camera %s: %s (%s)", self.path, cap.card.decode(errors="replace"), cap.driver.decode(errors="replace"))
         offered = self._formats()
-        chosen = next((f for f in FORMAT_PREFERENCE if f in offered), None)
+        if self.wanted_format is not None:
+            if self.wanted_format not in offered:
+                raise SourceError(f"camera {self.path} does not offer {self.wanted_format} "
+                                  f"(it offers {', '.join(offered) or 'no formats'})")
+            chosen: Optional[str] = self.wanted_format
+        else:
+            chosen = next((f for f in FORMAT_PREFERENCE if f in offered), None)
         if chosen is None:
             raise SourceError(f"camera {self.path} offers {', '.join(offered) or 'no formats'}; "
                               f"pi2pi takes {', '.join(FORMAT_PREFERENCE)}")
@@ -212,6 +220,8 @@ class V4L2Source:
         fmt.fmt.pix.field = v4l2.V4L2_FIELD_NONE
         self._ioctl(v4l2.VIDIOC_S_FMT, fmt)
         self.format = fourcc(fmt.fmt.pix.pixelformat)
+        if self.format != chosen:  # a driver may substitute another format instead of failing
+            raise SourceError(f"camera {self.path} refused {chosen} and offered {self.format} instead")
         self.width, self.height = fmt.fmt.pix.width, fmt.fmt.pix.height
         self.bytesperline = fmt.fmt.pix.bytesperline
         if self.format not in FORMAT_PREFERENCE:
@@ -249,7 +259,10 @@ class V4L2Source:
         for index in range(req.count):
             self._ioctl(v4l2.VIDIOC_QBUF, self._buffer(index))
         buf_type = v4l2.ctypes.c_int(v4l2.V4L2_BUF_TYPE_VIDEO_CAPTURE)
-        self._ioctl(v4l2.VIDIOC_STREAMON, buf_type)
+        try:
+            self._ioctl(v4l2.VIDIOC_STREAMON, buf_type)
+        except OSError as err:
+            raise SourceError(f"camera {self.path}: cannot start streaming: {err.strerror or err}") from None
         self.streaming = True
         if not self.passthrough:
             subsample = jpeglib.SAMP_422 if self.format == "YUYV" else jpeglib.SAMP_420
@@ -392,11 +405,12 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def open_source(name: str, width: int, height: int, fps: float, quality: int, host: str,
-                max_frame: int, buffers: int = 4) -> Any:
+                max_frame: int, buffers: int = 4, pixel_format: Optional[str] = None) -> Any:
     if name == "testpattern":
         return TestPatternSource(width, height, fps, host)
     if name.startswith("/dev/"):
-        return V4L2Source(name, width, height, fps, quality, buffers=buffers, max_frame=max_frame)
+        return V4L2Source(name, width, height, fps, quality, buffers=buffers, max_frame=max_frame,
+                          pixel_format=pixel_format)
     if Path(name).suffix in (".yuv", ".i420"):
         return ClipSource(name, width, height, fps)
     raise SourceError(f"source {name!r}: want testpattern, a /dev/videoN device or a raw I420 clip file (.yuv)")
