@@ -64,6 +64,7 @@ ADDR = {
 INTERNET = ipaddress.ip_network("198.51.100.0/24")
 OVERLAY_DIRS = ("etc", "var", "home", "root", "opt", "usr/local")
 DEFAULT_STATE_DIR = Path("/var/tmp/pi2pi-lab")
+REPO = Path(__file__).resolve().parents[2]  # visible inside every host
 # The lab's lock: an abstract unix socket name, bound while a lab exists (the
 # holders inherit the socket), so no lock file outlives the lab.
 LOCK_NAME = "\0pi2pi-lab"
@@ -171,8 +172,12 @@ FIREWALLS = {"isp": ISP_RULES, "gw": GW_RULES}
 # stays as the namespace's init (reaping orphans, such as daemonised sshd).
 HOLDER_SCRIPT = r"""
 set -eu
-state=$1 host=$2 hide=$3
+state=$1 host=$2 hide=$3 repo=$4
 hostname "$host"
+# The repository must stay visible in every host at its own path (the hosts run
+# its .venv and playbooks). Under /tmp or /run the host's own tmpfs would hide
+# it: hold it open now and bind it back through that handle afterwards.
+exec 9<"$repo"
 # Relative layer paths, from a cwd taken before any overlay: the state dir may
 # lie under an overlaid dir, and an upper layer must not be reached through one.
 cd "$state"
@@ -182,6 +187,8 @@ done
 cd /
 mount -t tmpfs -o mode=0755,nosuid,nodev "pi2pi-$host" /run
 mount -t tmpfs -o mode=1777,nosuid,nodev "pi2pi-$host" /tmp
+if [ ! -d "$repo" ]; then mkdir -p "$repo" && mount --bind /proc/self/fd/9 "$repo"; fi
+exec 9<&-
 mount -t sysfs "pi2pi-$host" /sys
 mount -t proc "pi2pi-$host" /proc
 # The overlays' upper layers live under the state dir: hide it inside the host.
@@ -573,7 +580,7 @@ class Lab:
             argv = ["nsenter", f"--net=/run/netns/{self._netns(host)}", "--",
                     "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
                     "--propagation", "private", "--",
-                    "bash", str(script), str(host_dir), host, self._hidden_state_dir()]
+                    "bash", str(script), str(host_dir), host, self._hidden_state_dir(), str(REPO)]
             with open(host_dir / "holder.log", "wb") as log_file:
                 proc = subprocess.Popen(argv, env=dict(_ROOT_ENV), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE,
