@@ -187,7 +187,7 @@ done
 cd /
 mount -t tmpfs -o mode=0755,nosuid,nodev "pi2pi-$host" /run
 mount -t tmpfs -o mode=1777,nosuid,nodev "pi2pi-$host" /tmp
-if [ ! -d "$repo" ]; then mkdir -p "$repo" && mount --bind /proc/self/fd/9 "$repo"; fi
+if [ ! -d "$repo" ]; then mkdir -p "$repo" && mount --no-canonicalize --bind /proc/self/fd/9 "$repo"; fi
 exec 9<&-
 mount -t sysfs "pi2pi-$host" /sys
 mount -t proc "pi2pi-$host" /proc
