@@ -68,18 +68,19 @@ class Pacer:
         return not stop.is_set()
 
 
-class TestPatternSource:
-    description = "test pattern"
+class PacedSource:
+    """A made-up source (test pattern, clip): one picture per period, sequence from 0."""
 
-    def __init__(self, width: int, height: int, fps: float, host: str) -> None:
-        try:
-            self.pattern = TestPattern(width, height, host)
-        except ValueError as err:
-            raise SourceError(str(err)) from None
+    description = "paced"
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
         self.width, self.height = width, height
         self.pacer = Pacer(fps)
         self.seq = 0
         self.dropped = 0
+
+    def picture(self, seq: int) -> Any:
+        raise NotImplementedError
 
     def read(self, stop: Any) -> Optional[Frame]:
         if not self.pacer.wait(stop):
@@ -87,15 +88,28 @@ class TestPatternSource:
         seq = self.seq
         self.seq += 1
         stamp = wire.now_us()
-        # A copy: the pattern draws the next frame into the same buffer while this one is encoded.
-        yuv = self.pattern.render(seq).copy()
-        return Frame(seq, stamp, yuv=yuv, width=self.width, height=self.height)
+        return Frame(seq, stamp, yuv=self.picture(seq), width=self.width, height=self.height)
 
     def close(self) -> None:
         pass
 
 
-class ClipSource:
+class TestPatternSource(PacedSource):
+    description = "test pattern"
+
+    def __init__(self, width: int, height: int, fps: float, host: str) -> None:
+        try:
+            self.pattern = TestPattern(width, height, host)
+        except ValueError as err:
+            raise SourceError(str(err)) from None
+        super().__init__(width, height, fps)
+
+    def picture(self, seq: int) -> Any:
+        # A copy: the pattern draws the next frame into the same buffer while this one is encoded.
+        return self.pattern.render(seq).copy()
+
+
+class ClipSource(PacedSource):
     """Raw I420 frames of the given size from a file, replayed in a loop (benchmarks, repeatable tests)."""
 
     description = "I420 clip"
@@ -114,20 +128,10 @@ class ClipSource:
         if size < frame_size or size % frame_size:
             raise SourceError(f"clip {path}: {size} bytes is not a whole number of {width}x{height} I420 frames")
         self.frames = data.reshape(-1, frame_size)
-        self.width, self.height = width, height
-        self.pacer = Pacer(fps)
-        self.seq = 0
-        self.dropped = 0
+        super().__init__(width, height, fps)
 
-    def read(self, stop: Any) -> Optional[Frame]:
-        if not self.pacer.wait(stop):
-            return None
-        seq = self.seq
-        self.seq += 1
-        return Frame(seq, wire.now_us(), yuv=self.frames[seq % len(self.frames)], width=self.width, height=self.height)
-
-    def close(self) -> None:
-        pass
+    def picture(self, seq: int) -> Any:
+        return self.frames[seq % len(self.frames)]
 
 
 class DeviceIO:
