@@ -29,7 +29,15 @@ if [ "${PI2PI_HW_CACHED:-}" != 1 ]; then
         for dir in proc sys dev run; do
             mount --rbind "/$dir" "$root/$dir"
         done
+        # The chroot gets a clean /tmp; a repository (or results dir) that lies
+        # under /tmp, as a CI clone may, is held open and bound back into it.
+        exec 9<"$root$repo"
         mount -t tmpfs tmpfs "$root/tmp"
+        if [ ! -d "$root$repo" ]; then
+            mkdir -p "$root$repo" && mount --no-canonicalize --bind /proc/self/fd/9 "$root$repo"
+        fi
+        exec 9<&-
+        [ -d "$root$out" ] || mkdir -p "$root$out"
         mount --bind "$out" "$root$out"
         echo "guest: running in the cached root at $(uptime_s) s of uptime"
         exec chroot "$root" /usr/bin/env PI2PI_HW_CACHED=1 "$repo/tests/hw/guest.sh" "$out" "$@"
