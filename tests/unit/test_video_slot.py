@@ -1,6 +1,7 @@
 """Newest frame wins: the one-frame slot between the camera's (or viewer's) two threads."""
 from __future__ import annotations
 
+import pytest
 import socket
 import threading
 import time
@@ -49,3 +50,19 @@ def test_video_frames_cross_a_socket_and_the_sender_sees_acknowledgement_and_han
         client.close()
     finally:
         server.close()
+
+
+def test_in_flight_budget_follows_the_link_speed() -> None:
+    from pi2pi.video.camera import DrainRate, Sender
+
+    drain = DrainRate()
+    drain.update(0.0, 0, busy=True)
+    drain.update(0.1, 41_600, busy=True)      # a 3.3 Mbit/s link: 416 kB/s while data waited
+    drain.update(0.2, 50_000, busy=False)     # an idle poll tells nothing and changes nothing
+    assert drain.bps == pytest.approx(416_000)
+    sender = Sender.__new__(Sender)           # only the budget's arithmetic, no peer
+    sender.inflight, sender.queue_s, sender.last_size = 1.5, 1 / 30, 27_700
+    assert sender.allowance(None) == pytest.approx(1.5 * 27_700)        # not measured yet: the most
+    assert sender.allowance(416_000) == pytest.approx(416_000 / 30)     # slow link: one interval's worth
+    assert sender.allowance(50e6) == pytest.approx(1.5 * 27_700)        # fast link: capped
+    assert sender.allowance(100_000) == pytest.approx(0.5 * 27_700)     # never below half a frame

@@ -42,7 +42,7 @@ class Settings(config.Common):
     buffers: int = 4              # V4L2 capture buffers
     format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
-    inflight: float = 0.5         # frames the peer may leave unacknowledged before the next is sent
+    inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +113,32 @@ def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, p
             counters.dropped += 1
 
 
+class DrainRate:
+    """How fast the link drains: bytes per second the peer acknowledges while data waits.
+
+    Measured only across polls that found bytes unacknowledged (an idle link says
+    nothing about its speed), smoothed so one slow moment does not rule.
+    """
+
+    def __init__(self) -> None:
+        self.bps: Optional[float] = None
+        self._since: Optional[float] = None
+        self._acked = 0
+
+    def update(self, now: float, acked: int, busy: bool) -> None:
+        if not busy:
+            self._since = None
+            return
+        if self._since is None:
+            self._since, self._acked = now, acked
+            return
+        elapsed = now - self._since
+        if elapsed >= 0.005:
+            rate = (acked - self._acked) / elapsed
+            self.bps = rate if self.bps is None else 0.7 * self.bps + 0.3 * rate
+            self._since, self._acked = now, acked
+
+
 class Sender:
     """The peer side: connect or accept, then send the newest frame, again and again."""
 
@@ -125,6 +151,12 @@ class Sender:
         self.stall_s = settings.stall
         self.once = settings.once
         self.inflight = settings.inflight
+        # What may wait in the link: what it drains in one frame interval, between
+        # half a frame and `inflight` frames. A fast link then carries the next
+        # frame while the last is still acknowledged (the pipeline overlaps); a
+        # link slower than the stream queues at most about one interval, so a new
+        # frame is never far behind (latency stays bounded, frames drop instead).
+        self.queue_s = 1.0 / settings.fps if settings.fps > 0 else 1.0 / 30
         self.quality = settings.quality
         self.last_size = 0          # bytes of the last frame sent: the in-flight budget's unit
         self.connected = False
@@ -154,15 +186,22 @@ class Sender:
         """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
 
         counters = self.counters
+        drain = DrainRate()
+        sent = 0
         while not self.run.stop.is_set():
-            # First wait until the peer holds all but `inflight` frames of what we
-            # sent, then take the newest frame: frames captured meanwhile replace
+            # First wait until what the peer has not acknowledged fits the link's
+            # budget, then take the newest frame: frames captured meanwhile replace
             # each other in the slot (dropped, counted) instead of queueing.
             waited_since = time.monotonic()
-            while net.unacked_bytes(sock) > self.inflight * self.last_size:
+            while True:
+                unacked = net.unacked_bytes(sock)
+                now = time.monotonic()
+                drain.update(now, sent - unacked, busy=unacked > 0)
+                if unacked <= self.allowance(drain.bps):
+                    break
                 if self.run.stop.wait(0.001):
                     return None
-                if time.monotonic() - waited_since > self.stall_s:
+                if now - waited_since > self.stall_s:
                     return f"the peer acknowledged nothing for {self.stall_s:.1f} s"
             item = self.slot.take(0.2)
             self.link.refuse_others()
@@ -176,6 +215,7 @@ class Sender:
             try:
                 sock.settimeout(self.stall_s)
                 sock.sendall(wire.pack_video_frame(item.seq, payload, item.stamp_us))
+                sent += wire.VIDEO_HEADER.size + len(payload)
             except socket.timeout:
                 return f"sending stalled for {self.stall_s:.1f} s"
             except OSError as err:
@@ -188,6 +228,13 @@ class Sender:
                 counters.first_sent = now
             counters.last_sent = now
         return None
+
+    def allowance(self, drain_bps: Optional[float]) -> float:
+        """Unacknowledged bytes allowed before the next frame goes out."""
+        most = self.inflight * self.last_size
+        if drain_bps is None:
+            return most
+        return max(min(0.5, self.inflight) * self.last_size, min(most, drain_bps * self.queue_s))
 
     def encode(self, frame: Any) -> Optional[bytes]:
         """The frame's JPEG: the device's own, or TurboJPEG from YUV (timed, counted)."""
