@@ -22,7 +22,7 @@ from tests.lab.lab import ADDR, HOSTS, Lab, LabError, leftovers
 REPO = Path(__file__).resolve().parents[2]
 GW = ADDR["gw_public"]
 GW_PORT = ADDR["gw_ssh_port"]
-# Never StrictHostKeyChecking=no: every host key the lab's clients meet is pinned.
+# Host keys are always checked: every host key the lab's clients meet is pinned in known_hosts.
 SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=5"
 PROBE_SECONDS = 2
 
