@@ -34,9 +34,25 @@ class Common:
     duration: float = 3 * 3600.0     # seconds; the seed's camera stopped itself after 3 hours
     debug: int = 0                   # 0 off, 1 info, 2 debug, to the log file
     log_file: Optional[str] = None   # default: <stats>/diagnostic_<program>.log
+    live: bool = False               # publish <stats>/<program>.live.json while running
 
     def stats_dir(self) -> Path:
         return Path(os.path.expanduser(self.stats))
+
+    def validate(self) -> None:
+        """The program's own checks of its settings (each program extends this):
+        `pi2pi config --check`, the supervisor and the program itself all call it."""
+        if bool(self.connect) == bool(self.listen):
+            raise ConfigError("give exactly one of --connect HOST:PORT or --listen [ADDR:]PORT")
+        if self.duration < 0:
+            raise ConfigError(f"duration {self.duration}: want seconds >= 0 (0: no limit)")
+        if self.debug not in (0, 1, 2):
+            raise ConfigError(f"debug {self.debug}: want 0, 1 or 2")
+
+
+def field_defaults(cls: Type[Any]) -> Dict[str, Any]:
+    """Each dataclass field's default: the one place a default is written."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 # Options where setting one on the command line clears the other from the file.

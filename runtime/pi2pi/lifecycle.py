@@ -1,13 +1,26 @@
-"""A program's run: stop requests, the maximum duration, and stats at the end.
+"""A program's run: the one way to stop, the one deadline, worker threads, and stats.
 
-Every program runs inside `ProgramRun`: SIGINT, SIGTERM and SIGHUP set its stop
-event instead of killing it mid-write, the maximum duration ends it, and the
-stats file is written when the block exits, whatever ended it (a stop request,
-the duration, the peer, an error).
+Every program runs inside `ProgramRun`, and `run.stop` is the only thing any of
+its loops waits on:
+
+- SIGINT, SIGTERM and SIGHUP set it (instead of killing the program mid-write);
+- the maximum duration sets it (a timer: nothing has to poll a clock);
+- a worker thread started with `run.worker()` that raises sets it, with the
+  error as the run's reason (never a silent hang with a dead thread);
+- the program itself ends the run with `run.end(reason)` (peer gone, device
+  failed).
+
+The first reason given is the one recorded. When the block exits, whatever
+ended it, the stats file is written. With `live`, a snapshot of the program's
+cheap counters is published while it runs (`<stats>/<program>.live.json`,
+schema `pi2pi.live/1`): at once when the peer or the flow changes, otherwise
+every LIVE_PERIOD_S; the file is removed when the program ends (its stats file
+then tells the rest).
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,6 +33,10 @@ from pi2pi import stats
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LIVE_SCHEMA = "pi2pi.live/1"
+LIVE_PERIOD_S = 1.0     # a live snapshot at least this often
+LIVE_POLL_S = 0.1       # how soon a change of peer or flow is published
+LIVE_EVENTS = ("peer", "flowing")  # live fields whose change is published at once
 
 
 class ProgramRun:
@@ -29,17 +46,21 @@ class ProgramRun:
         stats_dir: Path,
         duration_s: float,
         snapshot: Callable[[], Dict[str, Any]],
+        live: Optional[Callable[[], Dict[str, Any]]] = None,
     ) -> None:
         self.program = program
         self.stats_dir = stats_dir
         self.duration_s = duration_s
         self.snapshot = snapshot          # the program's own fields, read at the end
+        self.live = live                  # cheap counters, read while it runs
         self.stop = threading.Event()     # wait on this instead of sleeping
         self.reason: Optional[str] = None
         self.started = time.time()
-        self.deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
         self.stats_path: Optional[Path] = None
+        self.live_path = stats_dir / f"{program}.live.json"
         self._previous: Dict[int, Any] = {}
+        self._deadline: Optional[threading.Timer] = None
+        self._publisher: Optional[threading.Thread] = None
 
     def end(self, reason: str) -> None:
         """Ask the program to stop; the first reason given is the one recorded."""
@@ -48,12 +69,25 @@ class ProgramRun:
         self.stop.set()
 
     def should_stop(self) -> bool:
-        if not self.stop.is_set() and time.monotonic() >= self.deadline:
-            self.end("duration reached")
         return self.stop.is_set()
 
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
+    def ended_normally(self) -> bool:
+        """Ended by a stop request, the duration or the peer, not by an error."""
+        return (self.reason or "").startswith(("signal", "duration", "peer gone"))
+
+    def worker(self, target: Callable[[], None], name: str) -> threading.Thread:
+        """Start a thread whose death ends the run, with the error as its reason."""
+
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as err:
+                log.exception("the %s thread died", name)
+                self.end(f"error: the {name} thread died: {err!r}")
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _on_signal(self, signum: int, _frame: Optional[FrameType]) -> None:
         self.end(f"signal {signal.Signals(signum).name}")
@@ -62,6 +96,13 @@ class ProgramRun:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
+        if self.duration_s > 0:
+            self._deadline = threading.Timer(self.duration_s, self.end, ["duration reached"])
+            self._deadline.daemon = True
+            self._deadline.start()
+        if self.live is not None:
+            self._publisher = threading.Thread(target=self._publish_loop, name="live", daemon=True)
+            self._publisher.start()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, _tb: Any) -> bool:
@@ -69,6 +110,11 @@ class ProgramRun:
             signal.signal(signum, handler)
         if exc_type is not None and self.reason is None:
             self.reason = "interrupted" if exc_type is KeyboardInterrupt else f"error: {exc}"
+        self.stop.set()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._publisher is not None:
+            self._publisher.join(timeout=2.0)
         try:
             fields = self.snapshot()
         except Exception as err:  # stats must still be written
@@ -80,4 +126,30 @@ class ProgramRun:
             log.info("stats written to %s (%s)", self.stats_path, record["reason"])
         except OSError as err:
             log.error("cannot write stats to %s: %s", self.stats_dir, err)
+        if self.live is not None:
+            self.live_path.unlink(missing_ok=True)
         return False
+
+    # ----- live snapshots ---------------------------------------------------------
+
+    def live_record(self) -> Dict[str, Any]:
+        assert self.live is not None
+        return {"schema": LIVE_SCHEMA, "program": self.program, "pid": os.getpid(),
+                "at": round(time.time(), 3), "running_s": round(time.time() - self.started, 3),
+                **self.live()}
+
+    def _publish_loop(self) -> None:
+        last: Dict[str, Any] = {}
+        last_at = 0.0
+        while True:
+            try:
+                record = self.live_record()
+                now = time.monotonic()
+                if now - last_at >= LIVE_PERIOD_S or any(record.get(k) != last.get(k) for k in LIVE_EVENTS):
+                    stats.write_json(self.live_path, record, durable=False)
+                    last, last_at = record, now
+            except Exception:  # a live snapshot is a convenience: never end the program for it
+                log.exception("publishing the live snapshot failed")
+                last_at = time.monotonic()
+            if self.stop.wait(LIVE_POLL_S):
+                return

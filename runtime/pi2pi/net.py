@@ -265,6 +265,16 @@ class PeerLink:
         else:
             raise ConfigError("set one of --connect HOST:PORT or --listen [ADDR:]PORT")
         self.connections = 0
+        self.peer: Optional[str] = None   # "host:port" of the peer served now
+
+    def state(self) -> str:
+        """What the link is doing, in a user's words: for a live status line."""
+        if self.peer is not None:
+            return f"connected to {self.peer}"
+        if self.address is not None:
+            return "listening on {}:{}".format(*self.address)
+        assert self.target is not None
+        return "dialing {}:{}".format(*self.target)
 
     @property
     def reconnects(self) -> int:
@@ -291,9 +301,18 @@ class PeerLink:
             sock = dial(self.target[0], self.target[1], stop, self.token, self.stream)
         if sock is not None:
             self.connections += 1
+            try:
+                host, port = sock.getpeername()[:2]
+                self.peer = f"{host}:{port}"
+            except OSError:
+                self.peer = "?"
             if self.connections > 1:
                 log.info("peer connected again (reconnect %d)", self.reconnects)
         return sock
+
+    def lost(self) -> None:
+        """The caller closed the peer's connection."""
+        self.peer = None
 
     def refuse_others(self) -> None:
         """While serving a peer, close whoever else dials (one call, one peer)."""

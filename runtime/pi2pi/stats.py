@@ -85,22 +85,28 @@ def build(program: str, started: float, ended: float, reason: str, fields: Dict[
     return record
 
 
-def write(directory: Path, record: Dict[str, Any]) -> Path:
-    """Write DIR/<program>.json atomically and return its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{record['program']}.json"
-    fd, tmp = tempfile.mkstemp(prefix=f".{record['program']}.", suffix=".tmp", dir=directory)
+def write_json(target: Path, record: Dict[str, Any], durable: bool = True) -> Path:
+    """Write one JSON object atomically (temp file + rename): a reader never sees half
+    of it. durable: fsync before the rename (stats; a live snapshot need not)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write(directory: Path, record: Dict[str, Any]) -> Path:
+    """Write DIR/<program>.json atomically and return its path."""
+    return write_json(directory / f"{record['program']}.json", record)
 
 
 def read_dir(directory: Path) -> List[Dict[str, Any]]:

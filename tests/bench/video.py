@@ -180,11 +180,11 @@ def run_pair(work: Path, name: str, fps: float, seconds: float, netns: bool = Fa
     viewer_addr = ADDR_B if netns else "127.0.0.1"
     viewer = Proc(pi2pi("viewer", "--listen", f"{viewer_addr}:{PORT}", "--fb", str(work / f"fb-{name}"),
                         "--fb-geometry", f"{WIDTH}x{HEIGHT}x32", "--stats", str(stats), "--once",
-                        "--stall", "10"), work, NS_B if netns else None)
+                        "--stall-s", "10"), work, NS_B if netns else None)
     time.sleep(1.0)  # let it import and listen; the camera's dialer would retry anyway
     camera = Proc(pi2pi("camera", "--source", str(work / "clip.yuv"), "--size", f"{WIDTH}x{HEIGHT}",
                         "--fps", str(fps), "--quality", str(QUALITY), "--connect", f"{viewer_addr}:{PORT}",
-                        "--duration", str(seconds), "--stats", str(stats), "--stall", "10"),
+                        "--duration", str(seconds), "--stats", str(stats), "--stall-s", "10"),
                   work, NS_A if netns else None)
     camera_code = camera.end(seconds + 30)
     viewer_code = viewer.end(30)

@@ -71,7 +71,7 @@ def viewer(tmp_path: Path):
     port = free_port()
     (tmp_path / "token").write_bytes(TOKEN)
     program = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", "fb.raw", "--fb-geometry", GEOMETRY,
-                       "--stats", "stats", "--token-file", "token", "--stall", "0.5", "--max-frame", "1000000"],
+                       "--stats", "stats", "--token-file", "token", "--stall-s", "0.5", "--max-frame", "1000000"],
                       tmp_path)
     program.wait_for("listening on")
     program.port = port  # type: ignore[attr-defined]
@@ -138,7 +138,7 @@ def stalls_mid_frame(port: int) -> socket.socket:
     sock = dial(port)
     payload = pillow_jpeg()
     sock.sendall(header(1, len(payload)) + payload[:50])
-    return sock  # and sends nothing more: the viewer gives up after --stall
+    return sock  # and sends nothing more: the viewer gives up after --stall-s
 
 
 def disconnects_mid_frame(port: int) -> socket.socket:

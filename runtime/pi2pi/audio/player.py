@@ -19,8 +19,8 @@ from pi2pi import net, wire
 from pi2pi.audio.alsa_io import DeviceError, DeviceSettings, MixerSettings, Playback, apply_mixer
 from pi2pi.audio.codec import Decoder, OpusError
 from pi2pi.audio.jitter import JitterBuffer, JitterSettings, Playout, opus_packet_ms
-from pi2pi.audio.listen import Settings
 from pi2pi.audio.recording import Recorder
+from pi2pi.audio.settings import ListenSettings
 from pi2pi.lifecycle import ProgramRun
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,15 @@ class ReceiveCounters:
 
 
 class Receiver:
-    def __init__(self, settings: Settings, token: Optional[bytes], buffer: JitterBuffer,
+    def __init__(self, settings: ListenSettings, link: net.PeerLink, buffer: JitterBuffer,
                  stop: threading.Event) -> None:
         self.settings = settings
-        self.token = token
         self.buffer = buffer
         self.stop = stop
         self.counters = ReceiveCounters()
-        self.link = net.PeerLink(settings.connect, settings.listen, token, "audio")
-        self.thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self.link = link
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         while not self.stop.is_set():
             sock = self.link.next_peer(self.stop)
             if sock is None:
@@ -68,6 +66,7 @@ class Receiver:
                 self._serve(sock)
             finally:
                 sock.close()
+                self.link.lost()
             if self.settings.connect and not self.stop.is_set():
                 self.stop.wait(1.0)   # a dialer retries, gently
 
@@ -128,26 +127,104 @@ class Receiver:
             if c.packets % 50 == 0:
                 self.link.refuse_others()
 
-    def close(self) -> None:
-        self.link.close()
 
-
-def run(settings: Settings) -> int:
+def run(settings: ListenSettings) -> int:
     token = net.load_token(settings.token_file)
     device = DeviceSettings(settings.device, settings.rate, settings.channels,
                             settings.period_ms, settings.periods, settings.pace)
-    jitter = JitterSettings(min_ms=settings.buffer, max_ms=settings.buffer_max)
-    buffer = JitterBuffer(jitter)
-    stop = threading.Event()
-    recorder = Recorder(settings.record, settings.rate, settings.channels, settings.record_split) \
-        if settings.record else None
-    try:
-        receiver = Receiver(settings, token, buffer, stop)
-    except BaseException:
-        if recorder is not None:
-            recorder.close()
-        raise
-    decoder = Decoder(settings.rate, settings.channels)
+    buffer = JitterBuffer(JitterSettings(min_ms=settings.buffer, max_ms=settings.buffer_max))
+    state: Dict[str, Any] = {"receiver": None, "playout": None, "playback": None, "recorder": None,
+                             "record_start": None}
+
+    def snapshot() -> Dict[str, Any]:
+        receiver, playback, recorder = state["receiver"], state["playback"], state["recorder"]
+        p = state["playout"].counters if state["playout"] else None
+        r = receiver.counters if receiver else ReceiveCounters()
+        link = receiver.link if receiver else None
+        fields: Dict[str, Any] = {
+            "packets": r.packets,
+            "bytes": r.bytes,
+            "kbps": round(r.bytes * 8 / r.audio_ms, 2) if r.audio_ms else 0.0,
+            "reconnects": link.reconnects if link else 0,
+            "refused": link.refused if link else 0,      # second dialers turned away
+            "unproven": link.unproven if link else 0,    # dialers without this call's token
+            "drift_ppm": buffer.drift_ppm(),
+            "zero_length": r.zero_length,
+            "stalls": r.stalls,
+            "device": settings.device,
+            "device_underruns": playback.underruns if playback else 0,
+            "buffer_min_ms": settings.buffer,
+            "buffer_max_ms": settings.buffer_max,
+            "record_files": [str(f) for f in recorder.files] if recorder else [],
+            "record_start_unix": state["record_start"],
+        }
+        if p is None:
+            return {**fields, "underruns": 0, "concealed": 0, "dropped": 0, "rejected": r.malformed,
+                    "buffer_ms": {"mean": 0.0, "max": 0.0}}
+        return {
+            **fields,
+            "underruns": p.underruns,
+            "concealed": p.concealed,
+            "dropped": p.dropped,
+            "buffer_ms": p.buffer_summary(),
+            "rejected": p.rejected + r.malformed,
+            "inserted": p.inserted,
+            "crossfaded": p.crossfaded,
+            "overflow": p.overflow,
+            "skipped": p.skipped,
+            "wait_ms_mean": p.mean_wait_ms(),
+            "underrun_at_s": p.underrun_at_s,
+            "frames_played": p.played,
+            "target_ms": round(p.target_ms, 1),
+            "jitter_ms": round(p.jitter_ms, 1),
+        }
+
+    def live() -> Dict[str, Any]:
+        receiver = state["receiver"]
+        p = state["playout"].counters if state["playout"] else None
+        link = receiver.link if receiver else None
+        packets = receiver.counters.packets if receiver else 0
+        return {"state": link.state() if link else "starting", "peer": link.peer if link else None,
+                "flowing": packets > 0, "packets": packets,
+                "bytes": receiver.counters.bytes if receiver else 0,
+                "underruns": p.underruns if p else 0, "concealed": p.concealed if p else 0,
+                "fill_ms": round(buffer.fill_ms(), 1), "reconnects": link.reconnects if link else 0}
+
+    with ProgramRun("listen", settings.stats_dir(), settings.duration, snapshot,
+                    live=live if settings.live else None) as run_:
+        link = net.PeerLink(settings.connect, settings.listen, token, "audio")
+        decoder: Optional[Decoder] = None
+        try:
+            if settings.record:
+                state["recorder"] = Recorder(settings.record, settings.rate, settings.channels,
+                                             settings.record_split)
+            receiver = state["receiver"] = Receiver(settings, link, buffer, run_.stop)
+            decoder = Decoder(settings.rate, settings.channels)
+            playout = state["playout"] = make_playout(buffer, decoder, settings)
+            playback = state["playback"] = Playback(device)
+            apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute),
+                        capture=False)
+            thread = run_.worker(receiver.loop, "receiver")
+            try:
+                play(playout, playback, state, run_)
+            except (DeviceError, OSError) as err:
+                log.error("playback device %s failed: %s", settings.device, err)
+                run_.end(f"device error: {err}")
+                return 1
+            finally:
+                run_.stop.set()
+                thread.join(timeout=2.0)
+            return 0
+        finally:
+            link.close()
+            for name in ("recorder", "playback"):
+                if state[name] is not None:
+                    state[name].close()
+            if decoder is not None:
+                decoder.close()
+
+
+def make_playout(buffer: JitterBuffer, decoder: Decoder, settings: ListenSettings) -> Playout:
     rejected_logged = [0]
 
     def decode(packet: bytes) -> Optional[np.ndarray]:
@@ -162,91 +239,23 @@ def run(settings: Settings) -> int:
     def conceal(samples: int) -> np.ndarray:
         return np.frombuffer(decoder.conceal(samples), dtype=np.int16)
 
-    playout = Playout(buffer, decode, conceal, settings.rate, settings.channels)
-    playback: Optional[Playback] = None
-    record_start: Optional[float] = None
-
-    def snapshot() -> Dict[str, Any]:
-        r, p = receiver.counters, playout.counters
-        return {
-            "packets": r.packets,
-            "bytes": r.bytes,
-            "kbps": round(r.bytes * 8 / r.audio_ms, 2) if r.audio_ms else 0.0,
-            "underruns": p.underruns,
-            "concealed": p.concealed,
-            "dropped": p.dropped,
-            "reconnects": receiver.link.reconnects,
-            "refused": receiver.link.refused,      # second dialers turned away
-            "unproven": receiver.link.unproven,    # dialers without this call's token
-            "buffer_ms": p.buffer_summary(),
-            "drift_ppm": buffer.drift_ppm(),
-            "rejected": p.rejected + r.malformed,
-            "zero_length": r.zero_length,
-            "stalls": r.stalls,
-            "inserted": p.inserted,
-            "crossfaded": p.crossfaded,
-            "overflow": p.overflow,
-            "skipped": p.skipped,
-            "wait_ms_mean": p.mean_wait_ms(),
-            "underrun_at_s": p.underrun_at_s,
-            "frames_played": p.played,
-            "device_underruns": playback.underruns if playback else 0,
-            "target_ms": round(p.target_ms, 1),
-            "jitter_ms": round(p.jitter_ms, 1),
-            "buffer_min_ms": settings.buffer,
-            "buffer_max_ms": settings.buffer_max,
-            "record_files": [str(f) for f in recorder.files] if recorder else [],
-            "record_start_unix": record_start,
-        }
-
-    exit_code = 0
-
-    def play(run_: ProgramRun) -> None:
-        nonlocal record_start
-        assert playback is not None
-        while not run_.should_stop():
-            pcm = playout.next_frame(now_ms()).tobytes()
-            if not pcm:
-                continue
-            recording = recorder is not None and (record_start is not None or playout.playing)
-            if recording and record_start is None:
-                record_start = playback.play_time_of_next()
-            gap = playback.write(pcm)
-            if recording:
-                assert recorder is not None
-                if gap:   # what was heard: the device's silence, then this
-                    recorder.write(bytes(gap * settings.channels * 2))
-                recorder.write(pcm)
-
-    try:
-        playback = Playback(device)
-        apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute),
-                    capture=False)
-        with ProgramRun("listen", settings.stats_dir(), settings.duration, snapshot) as run_:
-            watcher = threading.Thread(target=_forward_stop, args=(run_, stop), daemon=True)
-            watcher.start()
-            receiver.thread.start()
-            try:
-                play(run_)
-            except (DeviceError, OSError) as err:
-                log.error("playback device %s failed: %s", settings.device, err)
-                run_.end(f"device error: {err}")
-                exit_code = 1
-            stop.set()
-            receiver.thread.join(timeout=2.0)
-    finally:
-        stop.set()
-        receiver.close()
-        if recorder is not None:
-            recorder.close()
-        if playback is not None:
-            playback.close()
-        decoder.close()
-    return exit_code
+    return Playout(buffer, decode, conceal, settings.rate, settings.channels)
 
 
-def _forward_stop(run_: ProgramRun, stop: threading.Event) -> None:
-    """The run's stop (signal or duration) also stops the receiver thread."""
-    while not run_.stop.wait(0.2):
-        run_.should_stop()
-    stop.set()
+def play(playout: Playout, playback: Playback, state: Dict[str, Any], run_: ProgramRun) -> None:
+    """Play (and record) until the run stops, clocked by the output device."""
+    recorder: Optional[Recorder] = state["recorder"]
+    channels = playback.settings.channels
+    while not run_.stop.is_set():
+        pcm = playout.next_frame(now_ms()).tobytes()
+        if not pcm:
+            continue
+        recording = recorder is not None and (state["record_start"] is not None or playout.playing)
+        if recording and state["record_start"] is None:
+            state["record_start"] = playback.play_time_of_next()
+        gap = playback.write(pcm)
+        if recording:
+            assert recorder is not None
+            if gap:   # what was heard: the device's silence, then this
+                recorder.write(bytes(gap * channels * 2))
+            recorder.write(pcm)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from pi2pi import config, net, stats, wire
 from pi2pi.lifecycle import ProgramRun
@@ -38,30 +37,49 @@ class Settings(config.Common):
     quality: int = 75
     label: Optional[str] = None   # the name the test pattern draws (default: this host's name)
     max_frame: int = 4 << 20      # bytes; a bigger JPEG is not sent
-    stall: float = 5.0            # seconds a peer may leave a frame unacknowledged before we give up on it
+    stall_s: float = 5.0          # a peer that leaves a frame unacknowledged this long is given up on
     buffers: int = 4              # V4L2 capture buffers
     format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
 
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.quality <= 100:
+            raise config.ConfigError(f"quality {self.quality}: want 1..100")
+        if self.fps < 0 or self.fps > 240:
+            raise config.ConfigError(f"fps {self.fps}: want 0..240 (0: as fast as possible)")
+        if self.fps == 0 and self.source.startswith("/dev/"):
+            raise config.ConfigError("fps 0 (unpaced) is only for the test pattern or a clip; a camera needs a rate")
+        if not 0 <= self.inflight <= 100:
+            raise config.ConfigError(f"inflight {self.inflight}: want 0..100 frames")
+        if self.format is not None and self.format not in FORMAT_NAMES:
+            raise config.ConfigError(f"format {self.format!r}: want one of {', '.join(FORMAT_NAMES)}")
+        if not 1024 <= self.max_frame <= 64 << 20:
+            raise config.ConfigError(f"max_frame {self.max_frame}: want 1024..{64 << 20}")
+        if self.stall_s <= 0:
+            raise config.ConfigError(f"stall_s {self.stall_s}: want a positive number of seconds")
+        parse_size(self.size)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     parser.add_argument("--source", default=S, help="testpattern, /dev/videoN, or a raw I420 clip (.yuv)")
-    parser.add_argument("--size", default=S, metavar="WxH", help="frame size (default 640x480)")
-    parser.add_argument("--fps", type=float, default=S, help="frames per second (default 30)")
-    parser.add_argument("--quality", type=int, default=S, metavar="Q", help="JPEG quality 1..100 (default 75)")
-    parser.add_argument("--label", default=S, metavar="NAME", help="name the test pattern draws (default: host name)")
-    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES")
-    parser.add_argument("--stall", type=float, default=S, metavar="SECONDS",
-                        help="give up on a peer that acknowledges nothing for this long (default 5)")
+    parser.add_argument("--size", default=S, metavar="WxH", help="frame size")
+    parser.add_argument("--fps", type=float, default=S, help="frames per second (0: as fast as a test source can)")
+    parser.add_argument("--quality", type=int, default=S, metavar="Q", help="JPEG quality 1..100")
+    parser.add_argument("--label", default=S, metavar="NAME", help="name the test pattern draws (none: the host name)")
+    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES",
+                        help="a bigger JPEG is not sent")
+    parser.add_argument("--stall-s", dest="stall_s", type=float, default=S, metavar="S",
+                        help="give up on a peer that acknowledges nothing for this long")
     parser.add_argument("--format", default=S, metavar="FOURCC",
-                        help="V4L2 pixel format: MJPG, JPEG, YUYV, YU12 or NV12 (default: the camera's MJPEG if it has it)")
-    parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers (default 4)")
+                        help="V4L2 pixel format: MJPG, JPEG, YUYV, YU12 or NV12 (none: the camera's MJPEG if it has it)")
+    parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
     parser.add_argument("--inflight", type=float, default=S, metavar="FRAMES",
-                        help="unacknowledged frames allowed before sending the next (default 0.5; "
-                             "raise it for round trips longer than a frame interval)")
+                        help="most frames the peer may leave unacknowledged on a fast link "
+                             "(raise it for round trips longer than a frame interval)")
 
 
 class Counters:
@@ -82,27 +100,20 @@ class Counters:
         self.cpu_start: Optional[float] = None
 
 
-def check(settings: Settings) -> None:
-    if not (settings.connect or settings.listen):
-        raise config.ConfigError("camera: give --connect HOST:PORT or --listen [ADDR:]PORT")
-    if not 1 <= settings.quality <= 100:
-        raise config.ConfigError(f"quality {settings.quality}: want 1..100")
-    if settings.fps < 0 or settings.fps > 240:
-        raise config.ConfigError(f"fps {settings.fps}: want 0..240 (0: as fast as possible)")
-    if settings.fps == 0 and settings.source.startswith("/dev/"):
-        raise config.ConfigError("fps 0 (unpaced) is only for the test pattern or a clip; a camera needs a rate")
-    if not 0 <= settings.inflight <= 100:
-        raise config.ConfigError(f"inflight {settings.inflight}: want 0..100 frames")
-    if settings.format is not None and settings.format not in FORMAT_NAMES:
-        raise config.ConfigError(f"format {settings.format!r}: want one of {', '.join(FORMAT_NAMES)}")
-    if not 1024 <= settings.max_frame <= 64 << 20:
-        raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
+def parse_size(text: str) -> Tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise config.ConfigError(f"size {text!r}: want WIDTHxHEIGHT, e.g. 640x480") from None
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        raise config.ConfigError(f"size {text!r}: each side 16..4096")
+    return w, h
 
 
 def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, paced: bool,
                  run: ProgramRun) -> None:
     """Newest frame into the slot; an unpaced source (fps 0) makes one only when the last was taken."""
-    while not run.should_stop():
+    while not run.stop.is_set():
         if not paced and not slot.wait_empty(0.2):
             continue
         frame = source.read(run.stop)
@@ -148,7 +159,7 @@ class Sender:
         self.counters = counters
         self.run = run
         self.max_frame = settings.max_frame
-        self.stall_s = settings.stall
+        self.stall_s = settings.stall_s
         self.once = settings.once
         self.inflight = settings.inflight
         # What may wait in the link: what it drains in one frame interval, between
@@ -176,6 +187,7 @@ class Sender:
             finally:
                 self.connected = False
                 sock.close()
+                self.link.lost()
             if reason:
                 log.warning("peer gone: %s", reason)
                 if self.once:
@@ -275,22 +287,28 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
     }
 
 
+def live(counters: Counters, link: Any) -> Dict[str, Any]:
+    return {"state": link.state() if link is not None else "starting",
+            "peer": link.peer if link is not None else None,
+            "flowing": counters.frames > 0,
+            "frames": counters.frames, "captured": counters.captured, "dropped": counters.dropped,
+            "bytes": counters.bytes, "reconnects": link.reconnects if link is not None else 0}
+
+
 def run(settings: Settings) -> int:
     from pi2pi.video import source as sources
     from pi2pi.video.jpeg import JpegError
     from pi2pi.video.link import LatestSlot
 
-    check(settings)
-    try:
-        width, height = sources.parse_size(settings.size)
-    except sources.SourceError as err:
-        raise config.ConfigError(str(err)) from None
+    settings.validate()
+    width, height = parse_size(settings.size)
     token = net.load_token(settings.token_file)
     counters = Counters()
     state: Dict[str, Any] = {"link": None, "source": {"source": settings.source, "size": settings.size}}
     started = time.monotonic()
     with ProgramRun("camera", settings.stats_dir(), settings.duration,
-                    lambda: snapshot(counters, state["link"], state["source"], started)) as run_:
+                    lambda: snapshot(counters, state["link"], state["source"], started),
+                    live=(lambda: live(counters, state["link"])) if settings.live else None) as run_:
         try:
             source = sources.open_source(settings.source, width, height, settings.fps, settings.quality,
                                          settings.label or socket.gethostname(), settings.max_frame, settings.buffers,
@@ -300,7 +318,11 @@ def run(settings: Settings) -> int:
             log.error("%s", err)
             return 1
         state["source"]["source_format"] = getattr(source, "format", "I420")
-        link = net.PeerLink(settings.connect, settings.listen, token, STREAM)
+        try:
+            link = net.PeerLink(settings.connect, settings.listen, token, STREAM)
+        except BaseException:
+            source.close()
+            raise
         state["link"] = link
         if link.address:
             log.info("listening on %s:%d", *link.address)
@@ -313,8 +335,7 @@ def run(settings: Settings) -> int:
             source.close()
             link.close()
             return 1
-        thread = threading.Thread(target=sender.loop, name="sender", daemon=True)
-        thread.start()
+        thread = run_.worker(sender.loop, "sender")
         try:
             capture_loop(source, slot, sender, counters, settings.fps > 0 or settings.source.startswith("/dev/"),
                          run_)
@@ -323,9 +344,9 @@ def run(settings: Settings) -> int:
             run_.end(f"error: {err}")
         finally:
             run_.stop.set()
-            thread.join(timeout=settings.stall + 2)
+            thread.join(timeout=settings.stall_s + 2)
             counters.dropped += getattr(source, "dropped", 0)
             counters.corrupt += getattr(source, "corrupt", 0)
             source.close()
             link.close()
-        return 0 if (run_.reason or "").startswith(("signal", "duration", "peer gone")) else 1
+        return 0 if run_.ended_normally() else 1

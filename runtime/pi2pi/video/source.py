@@ -19,7 +19,7 @@ import select
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -396,16 +396,6 @@ class V4L2Source:
         if getattr(self, "fd", None) is not None:
             self.io.close(self.fd)
             self.fd = None
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SourceError(f"size {text!r}: want WIDTHxHEIGHT, e.g. 640x480") from None
-    if not (16 <= w <= 4096 and 16 <= h <= 4096):
-        raise SourceError(f"size {text!r}: each side 16..4096")
-    return w, h
 
 
 def open_source(name: str, width: int, height: int, fps: float, quality: int, host: str,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,25 +38,35 @@ class Settings(config.Common):
     snapshot_every: float = 0.0         # seconds; also write the snapshot this often (0: only at the end)
     console: str = "/dev/tty0"          # put in graphics mode while showing ("" leaves it alone)
     max_frame: int = 4 << 20            # bytes; a longer frame closes the connection
-    stall: float = 2.0                  # seconds a peer may pause in the middle of a frame
-    peer_timeout: float = 10.0          # seconds without a frame before a connected peer is dropped
+    stall_s: float = 2.0                # a peer that pauses this long in the middle of a frame is dropped
+    peer_timeout_s: float = 10.0        # a connected peer that sends no frame for this long is dropped
     once: bool = False                  # end when the first peer goes away (instead of waiting for the next)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1024 <= self.max_frame <= 64 << 20:
+            raise config.ConfigError(f"max_frame {self.max_frame}: want 1024..{64 << 20}")
+        if self.stall_s <= 0 or self.peer_timeout_s <= 0 or self.snapshot_every < 0:
+            raise config.ConfigError("stall_s and peer_timeout_s must be positive, snapshot_every >= 0")
+        parse_at(self.at)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
-    parser.add_argument("--fb", default=S, metavar="PATH", help="framebuffer device or file (default /dev/fb0)")
+    parser.add_argument("--fb", default=S, metavar="PATH", help="framebuffer device or file")
     parser.add_argument("--fb-geometry", dest="fb_geometry", default=S, metavar="WxHxBPP",
                         help="geometry of a file-backed framebuffer (BPP 16, 24 or 32)")
-    parser.add_argument("--at", default=S, metavar="X,Y", help="top-left corner of the picture (default 0,0)")
+    parser.add_argument("--at", default=S, metavar="X,Y", help="top-left corner of the picture")
     parser.add_argument("--snapshot", default=S, metavar="FILE.png", help="save the screen as PNG at the end")
-    parser.add_argument("--snapshot-every", dest="snapshot_every", type=float, default=S, metavar="SECONDS")
-    parser.add_argument("--console", default=S, metavar="TTY", help="console to put in graphics mode (default /dev/tty0)")
-    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES")
-    parser.add_argument("--stall", type=float, default=S, metavar="SECONDS",
-                        help="drop a peer that pauses this long inside a frame (default 2)")
-    parser.add_argument("--peer-timeout", dest="peer_timeout", type=float, default=S, metavar="SECONDS",
-                        help="drop a peer that sends no frame for this long (default 10)")
+    parser.add_argument("--snapshot-every", dest="snapshot_every", type=float, default=S, metavar="S",
+                        help="also write the snapshot this often (0: only at the end)")
+    parser.add_argument("--console", default=S, metavar="TTY", help="console to put in graphics mode")
+    parser.add_argument("--max-frame", dest="max_frame", type=int, default=S, metavar="BYTES",
+                        help="a longer frame closes the connection")
+    parser.add_argument("--stall-s", dest="stall_s", type=float, default=S, metavar="S",
+                        help="drop a peer that pauses this long inside a frame")
+    parser.add_argument("--peer-timeout-s", dest="peer_timeout_s", type=float, default=S, metavar="S",
+                        help="drop a peer that sends no frame for this long")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
 
 
@@ -103,15 +112,15 @@ class Receiver:
     def __init__(self, link: Any, painter: "Painter", counters: Counters, run: ProgramRun, settings: Settings) -> None:
         self.link, self.painter, self.counters, self.run = link, painter, counters, run
         self.max_frame = settings.max_frame
-        self.stall_s = settings.stall
-        self.peer_timeout_s = settings.peer_timeout
+        self.stall_s = settings.stall_s
+        self.peer_timeout_s = settings.peer_timeout_s
         self.once = settings.once
         self.snapshot_path = settings.snapshot
         self.snapshot_every = settings.snapshot_every
         self.last_snapshot = time.monotonic()
 
     def loop(self) -> None:
-        while not self.run.should_stop():
+        while not self.run.stop.is_set():
             sock = self.link.next_peer(self.run.stop)
             if sock is None:
                 break
@@ -119,6 +128,7 @@ class Receiver:
                 self.serve(sock)
             finally:
                 sock.close()
+                self.link.lost()
             if self.once and not self.run.stop.is_set():
                 self.run.end("peer gone")
 
@@ -128,7 +138,7 @@ class Receiver:
 
         counters = self.counters
         last_frame_at = last_refusal_check = time.monotonic()
-        while not self.run.should_stop():
+        while not self.run.stop.is_set():
             now = time.monotonic()
             if now - last_refusal_check >= 0.2:
                 self.link.refuse_others()
@@ -285,14 +295,20 @@ def write_snapshot(fb: Any, path: str) -> None:
         log.error("cannot write the snapshot %s: %s", path, err.strerror)
 
 
+def live(counters: Counters, link: Any) -> Dict[str, Any]:
+    return {"state": link.state() if link is not None else "starting",
+            "peer": link.peer if link is not None else None,
+            "flowing": counters.frames > 0,
+            "frames": counters.frames, "received": counters.received, "dropped": counters.dropped,
+            "corrupt": counters.corrupt, "bytes": counters.bytes, "shown_seq": counters.shown_seq,
+            "reconnects": link.reconnects if link is not None else 0}
+
+
 def run(settings: Settings) -> int:
     from pi2pi.video.framebuffer import Console, Framebuffer, FramebufferError
     from pi2pi.video.jpeg import JpegError
 
-    if not (settings.connect or settings.listen):
-        raise config.ConfigError("viewer: give --listen [ADDR:]PORT or --connect HOST:PORT")
-    if not 1024 <= settings.max_frame <= 64 << 20:
-        raise config.ConfigError(f"max_frame {settings.max_frame}: want 1024..{64 << 20}")
+    settings.validate()
     at = parse_at(settings.at)
     token = net.load_token(settings.token_file)
     try:
@@ -309,7 +325,8 @@ def run(settings: Settings) -> int:
     started = time.monotonic()
     try:
         with ProgramRun("viewer", settings.stats_dir(), settings.duration,
-                        lambda: snapshot(counters, state["link"], started, extra)) as run_, \
+                        lambda: snapshot(counters, state["link"], started, extra),
+                        live=(lambda: live(counters, state["link"])) if settings.live else None) as run_, \
                 Console(settings.console if fb.is_device else ""):
             link = net.PeerLink(settings.connect, settings.listen, token, STREAM)
             state["link"] = link
@@ -323,18 +340,13 @@ def run(settings: Settings) -> int:
                 link.close()
                 return 1
             receiver = Receiver(link, painter, counters, run_, settings)
-            # Waiting for a peer blocks on the stop event only: wake it at the maximum duration.
-            deadline = threading.Timer(min(run_.remaining() + 0.01, 2 ** 31), run_.should_stop)
-            deadline.daemon = True
-            deadline.start()
             try:
                 receiver.loop()
             finally:
-                deadline.cancel()
                 run_.stop.set()
                 link.close()
                 if settings.snapshot:
                     write_snapshot(fb, settings.snapshot)
     finally:
         fb.close()
-    return 0 if (run_.reason or "").startswith(("signal", "duration", "peer gone")) else 1
+    return 0 if run_.ended_normally() else 1
