@@ -1,8 +1,9 @@
-"""The lab for a person: `python -m tests.lab up|down|status|shell HOST|run HOST CMD...`.
+"""The lab for a person: `python -m tests.lab up|down|status|shell HOST|run HOST CMD...|unit HOST UNIT`.
 
     make lab-up                  # build it (tears down what an earlier run left)
     make lab-shell HOST=natpi    # a root shell on natpi; --user pi for the controller
     python -m tests.lab run gw iptables -t nat -S
+    python -m tests.lab unit natpi /etc/systemd/system/pi2pi-tunnel.service   # until Ctrl-C
     make lab-down                # remove every namespace, process, mount and file
 """
 
@@ -20,6 +21,7 @@ from tests.lab.lab import ADDR, HOSTS, Lab, LabError
 
 TOPOLOGY = f"""\
   natpi     {ADDR['natpi']:<32} sshd :22, user pi: the controller (key ~pi/.ssh/id_ed25519)
+  neighbour {ADDR['neighbour']:<32} another machine on natpi's LAN, behind the same NAT (root only)
   isp       {ADDR['isp_lan'] + ' | ' + ADDR['natpi_public']:<32} natpi's ISP: MASQUERADE, lets nothing in
   inet      {'(a bridge)':<32} the Internet
   gw        {ADDR['gw_public'] + ' | ' + ADDR['gw_lan']:<32} gateway: admin sshd {ADDR['gw_public']}:{ADDR['gw_ssh_port']}, user admin
@@ -47,6 +49,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--user", default="root")
     run.add_argument("host", choices=HOSTS)
     run.add_argument("cmd", nargs=argparse.REMAINDER)
+    unit = commands.add_parser("unit", help="run a host's systemd service unit as Restart=always would"
+                                            " (the lab has no systemd), until Ctrl-C")
+    unit.add_argument("host", choices=HOSTS)
+    unit.add_argument("path", help="the unit file inside the host")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="lab: %(message)s")
@@ -93,6 +99,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             except KeyboardInterrupt:
                 proc.send_signal(signal.SIGINT)
                 proc.wait()
+                return 130
+        elif args.command == "unit":
+            proc = lab.start_unit(args.host, args.path, stdout=None, stderr=None)
+            try:
+                return proc.wait()  # the loop never ends by itself
+            except KeyboardInterrupt:
+                lab.stop_unit(args.host, args.path)
                 return 130
     except LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)

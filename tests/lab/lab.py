@@ -1,10 +1,10 @@
 """The namespaced lab: the seed's whole topology on one machine, with real packets.
 
-    natpi 192.168.1.13 ── isp 192.168.1.1 | 198.51.100.30 (MASQUERADE, lets nothing in)
-                                                  │
-                                 inet (a bridge: "the Internet") ── stranger 198.51.100.66
-                                                  │
-    gwpi 10.0.0.2 ─────── gw 10.0.0.1 | 198.51.100.243 (admin sshd on :2222)
+    natpi 192.168.1.13 ─────┬─ isp 192.168.1.1 | 198.51.100.30 (MASQUERADE, lets nothing in)
+    neighbour 192.168.1.14 ─┘   (LAN side: a bridge)   │
+                                     inet (a bridge: "the Internet") ── stranger 198.51.100.66
+                                                       │
+    gwpi 10.0.0.2 ─────────── gw 10.0.0.1 | 198.51.100.243 (admin sshd on :2222)
 
 Each host is a network namespace (`ip netns`, named pi2pi-HOST) plus a holder
 process that owns the host's private mount, UTS and PID namespaces. In the
@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -43,16 +44,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tests.lab import netem as emulated_netem
 
 log = logging.getLogger("pi2pi.lab")
 
 PREFIX = "pi2pi-"
-HOSTS = ("natpi", "isp", "inet", "gw", "gwpi", "stranger")
+HOSTS = ("natpi", "neighbour", "isp", "inet", "gw", "gwpi", "stranger")
 ADDR = {
     "natpi": "192.168.1.13",
+    "neighbour": "192.168.1.14",  # another machine on natpi's home LAN, behind the same NAT
     "isp_lan": "192.168.1.1",
     "natpi_public": "198.51.100.30",
     "gw_public": "198.51.100.243",
@@ -74,15 +76,28 @@ CONTROLLER_KEY = "/home/pi/.ssh/id_ed25519"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 UP_TIMEOUT = 30.0
 NETEM_SOURCE = Path(__file__).with_name("netem.py")
-# Where a host's eth0 arrives: the far end's host, and how its iptables names that way in.
+# Where a host's eth0 arrives: the far end's host, and how its iptables names that way in
+# (a bridge's port is seen by -m physdev: the bridges' netfilter calls iptables for it).
 NETEM_FAR_END = {
-    "natpi": ("isp", "-i eth1"),
+    "natpi": ("isp", "-m physdev --physdev-in natpi"),
+    "neighbour": ("isp", "-m physdev --physdev-in neighbour"),
     "gwpi": ("gw", "-i eth1"),
     "isp": ("inet", "-m physdev --physdev-in isp"),
     "gw": ("inet", "-m physdev --physdev-in gw"),
     "stranger": ("inet", "-m physdev --physdev-in stranger"),
 }
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+# What a systemd service unit may say for Lab.start_unit, per section; None: any key,
+# none of which changes how the service runs. [Unit]'s keys order a unit among
+# others (the lab has none), but StartLimitIntervalSec must say "never give up"
+# as the restart loop does; [Service]'s are all honoured.
+UNIT_KEYS: Dict[str, Optional[Tuple[str, ...]]] = {
+    "Unit": ("Description", "Documentation", "After", "Before", "Wants", "Requires",
+             "StartLimitIntervalSec"),
+    "Service": ("User", "Environment", "ExecStart", "Restart", "RestartSec"),
+    "Install": None,
+}
+TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "msec": 0.001, "min": 60.0}
 _ROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 Command = Union[str, Sequence[str]]
@@ -102,9 +117,15 @@ LOGINS: Dict[str, Login] = {
     "gw": Login("admin", f"{ADDR['gw_public']}:{ADDR['gw_ssh_port']}"),
 }
 
-# veth pairs: (host, interface, host, interface). The uplink of every host is eth0.
+# The bridges: inet's is "the Internet"; isp's is its LAN side, named eth1 as the
+# ISP's firewall rules know it. A veth end in a host listed here joins its bridge.
+BRIDGES = {"inet": "br0", "isp": "eth1"}
+
+# veth pairs: (host, interface, host, interface). The uplink of every host is eth0;
+# a bridge's port is named after the host at the other end.
 LINKS = (
-    ("natpi", "eth0", "isp", "eth1"),
+    ("natpi", "eth0", "isp", "natpi"),
+    ("neighbour", "eth0", "isp", "neighbour"),
     ("isp", "eth0", "inet", "isp"),
     ("gw", "eth0", "inet", "gw"),
     ("stranger", "eth0", "inet", "stranger"),
@@ -114,6 +135,7 @@ LINKS = (
 # (host, interface, address/prefix), default routes, ip_forward
 ADDRESSES = (
     ("natpi", "eth0", f"{ADDR['natpi']}/24"),
+    ("neighbour", "eth0", f"{ADDR['neighbour']}/24"),
     ("isp", "eth1", f"{ADDR['isp_lan']}/24"),
     ("isp", "eth0", f"{ADDR['natpi_public']}/24"),
     ("gw", "eth0", f"{ADDR['gw_public']}/24"),
@@ -121,7 +143,7 @@ ADDRESSES = (
     ("gwpi", "eth0", f"{ADDR['gwpi']}/24"),
     ("stranger", "eth0", f"{ADDR['stranger']}/24"),
 )
-DEFAULT_ROUTES = (("natpi", ADDR["isp_lan"]), ("gwpi", ADDR["gw_lan"]))
+DEFAULT_ROUTES = (("natpi", ADDR["isp_lan"]), ("neighbour", ADDR["isp_lan"]), ("gwpi", ADDR["gw_lan"]))
 FORWARDING = {"isp": 1, "gw": 0}  # the gateway starts with forwarding off
 
 # The ISP's router: MASQUERADE its customers, let nothing in.
@@ -142,6 +164,8 @@ COMMIT
 -A INPUT -i eth1 -j ACCEPT
 -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 -A FORWARD -i eth1 -o eth0 -j ACCEPT
+# The home LAN's own traffic, bridged between its ports (the bridge's netfilter shows it here).
+-A FORWARD -i eth1 -o eth1 -j ACCEPT
 COMMIT
 """
 
@@ -290,6 +314,85 @@ class Account:
     shell: str
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A systemd service with Restart=always, as Lab.start_unit runs it (parse_unit)."""
+
+    exec_start: Tuple[str, ...]
+    user: str = "root"
+    environment: Tuple[Tuple[str, str], ...] = ()
+    restart_sec: float = 0.1  # systemd's default
+
+
+def parse_unit(text: str, name: str = "the unit") -> Unit:
+    """The service of a systemd unit file, or a LabError for what the lab cannot honour.
+
+    Understood: [Service] User=, Environment= (any number of them, each a list of
+    VAR=value, quoted as systemd does; an empty one resets the list), ExecStart=
+    (one, on one line, without systemd's prefixes, $VAR expansion or escapes),
+    Restart=always (the only restart there is here), RestartSec= (s, ms or min);
+    [Unit] keys that only order units, and StartLimitIntervalSec=0; [Install].
+    No key may hold a %-specifier. Anything else is refused, so that a test never
+    runs a service differently from how systemd would without knowing it.
+    """
+    section = ""
+    values: Dict[Tuple[str, str], str] = {}
+    environment: List[Tuple[str, str]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        where = f"{name}, line {number}"
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            raise LabError(f"{where}: a continued line is not understood")
+        if line[0] == "[" and line[-1] == "]":
+            section = line[1:-1]
+            if section not in UNIT_KEYS:
+                raise LabError(f"{where}: section [{section}] is not understood")
+            continue
+        key, equals, value = (part.strip() for part in line.partition("="))
+        known = UNIT_KEYS.get(section, ())
+        if not equals or (known is not None and key not in known):
+            raise LabError(f"{where}: {line!r} is not understood in [{section or 'no section'}]")
+        if section != "Service":
+            values[section, key] = value
+            continue
+        if "%" in value or "\\" in value:
+            raise LabError(f"{where}: systemd's %-specifiers and escapes are not understood: {line!r}")
+        if key == "Environment":
+            if not value:
+                environment.clear()
+            for assignment in _split_words(value, where):
+                var, equals, setting = assignment.partition("=")
+                if not equals or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+                    raise LabError(f"{where}: {assignment!r} is not a VAR=value")
+                environment.append((var, setting))
+        elif key == "ExecStart" and ("Service", key) in values:
+            raise LabError(f"{where}: a second ExecStart= is not understood")
+        else:
+            values["Service", key] = value
+    exec_start = values.get(("Service", "ExecStart"), "")
+    if not exec_start:
+        raise LabError(f"{name}: no ExecStart= in [Service]")
+    if exec_start[0] in "-@:+!" or "$" in exec_start:
+        raise LabError(f"{name}: systemd's ExecStart= prefixes and $VAR expansion are not understood:"
+                       f" {exec_start!r}")
+    restart = values.get(("Service", "Restart"))
+    if restart != "always":
+        raise LabError(f"{name}: only Restart=always is understood, not "
+                       + (f"Restart={restart}" if restart else "the default Restart=no"))
+    if values.get(("Unit", "StartLimitIntervalSec"), "0") != "0":
+        raise LabError(f"{name}: the restart loop never gives up: only StartLimitIntervalSec=0 is understood")
+    restart_sec = values.get(("Service", "RestartSec"), "100ms")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", restart_sec)
+    if not match or match[2] not in TIME_UNITS:
+        raise LabError(f"{name}: RestartSec={restart_sec} is not understood")
+    return Unit(exec_start=tuple(_split_words(exec_start, name)),
+                user=values.get(("Service", "User"), "root"),
+                environment=tuple(environment),
+                restart_sec=float(match[1]) * TIME_UNITS[match[2]])
+
+
 class Lab:
     """The lab. See the module docstring; the names here are the shared contract."""
 
@@ -310,6 +413,7 @@ class Lab:
         self._holders: Dict[str, int] = {}
         self._holder_procs: List[subprocess.Popen] = []
         self._netem_procs: Dict[str, LabProcess] = {}
+        self._units: Dict[Tuple[str, str], LabProcess] = {}  # (host, unit path): its restart loop
         self._lock: Optional[socket.socket] = lock
         self._is_up = False
         self._atexit_registered = False
@@ -443,9 +547,65 @@ class Lab:
         popen_kwargs["start_new_session"] = True
         return LabProcess(argv, env=full_env, **popen_kwargs)  # type: ignore[arg-type]
 
+    # ----- services (the hosts have no systemd) --------------------------------------
+
+    def start_unit(self, host: str, unit_path: str, **popen_kwargs: object) -> LabProcess:
+        """Run a systemd service unit of host as systemd would with Restart=always.
+
+        The unit file is read inside the host now (parse_unit says what is
+        understood); its ExecStart runs as its User with its Environment and
+        systemd's PATH, and again RestartSec after each exit, until stop_unit or
+        down(). A unit this Lab runs already is stopped first, as a restart after
+        its file changed. Output goes to unit_log() unless stdout is given.
+        """
+        try:
+            text = self.host_path(host, unit_path).read_text()
+        except OSError as exc:
+            raise LabError(f"{host}: cannot read {unit_path}: {exc.strerror}") from None
+        unit = parse_unit(text, f"{host}:{unit_path}")
+        self.stop_unit(host, unit_path)
+        loop = f"while :; do {shlex.join(unit.exec_start)}; sleep {unit.restart_sec:g}; done"
+        env = {"PATH": _ROOT_ENV["PATH"], **dict(unit.environment)}  # systemd's PATH for services
+        log_file = None
+        if "stdout" not in popen_kwargs:
+            log_file = open(self.unit_log(host, unit_path), "ab")
+            popen_kwargs.update(stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            proc = self.popen(host, ["bash", "-c", loop], user=unit.user, env=env, **popen_kwargs)
+        finally:
+            if log_file is not None:
+                log_file.close()
+        self._units[host, unit_path] = proc
+        return proc
+
+    def stop_unit(self, host: str, unit_path: str, timeout: float = 10) -> None:
+        """Stop what start_unit runs: SIGTERM to the loop and everything in its process
+        group, SIGKILL after timeout s, as systemd's stop. A unit not running is fine."""
+        proc = self._units.pop((host, unit_path), None)
+        if proc is None:
+            return
+        proc.terminate()
+        # nsenter, the group's leader, stays unreaped until the group is empty, so
+        # that its id cannot have been given to another process meanwhile.
+        deadline = time.monotonic() + timeout
+        while members := _group_members(proc.pid):
+            if time.monotonic() > deadline + 5:
+                raise LabError(f"{host}: {unit_path} will not stop: processes {members}")
+            if time.monotonic() > deadline:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        _finish(proc)
+
+    def unit_log(self, host: str, unit_path: str) -> Path:
+        """Where start_unit's loop writes its output (the journal's stand-in), on the machine."""
+        return self.state_dir / "hosts" / host / f"{Path(unit_path).name}.log"
+
     def account(self, host: str, user: str) -> Account:
         """The user's entry in the host's own /etc/passwd."""
-        passwd = self._host_path(host, "/etc/passwd").read_text()
+        passwd = self.host_path(host, "/etc/passwd").read_text()
         for line in passwd.splitlines():
             fields = line.split(":")
             if len(fields) >= 7 and fields[0] == user:
@@ -554,15 +714,19 @@ class Lab:
             _check(["ip", "netns", "add", self._netns(host)])
             self._ip(host, "link", "set", "lo", "up")
             _sysctl(self._netns(host), "net.ipv4.ip_forward", FORWARDING.get(host, 0))
-        self._ip("inet", "link", "add", "br0", "type", "bridge", "forward_delay", "0")
-        self._ip("inet", "link", "set", "br0", "up")
+        for host, bridge in BRIDGES.items():
+            # nf_call_iptables: iptables sees its packets, with their ports (-m physdev),
+            # whatever the namespace's bridge-nf-call-iptables says.
+            self._ip(host, "link", "add", bridge, "type", "bridge", "forward_delay", "0",
+                     "nf_call_iptables", "1")
+            self._ip(host, "link", "set", bridge, "up")
         for a, a_if, b, b_if in LINKS:
             _check(["ip", "link", "add", a_if, "netns", self._netns(a), "type", "veth",
                     "peer", "name", b_if, "netns", self._netns(b)])
             self._ip(a, "link", "set", a_if, "up")
             self._ip(b, "link", "set", b_if, "up")
-            if b == "inet":
-                self._ip("inet", "link", "set", b_if, "master", "br0")
+            if b in BRIDGES:
+                self._ip(b, "link", "set", b_if, "master", BRIDGES[b])
         for host, ifname, cidr in ADDRESSES:
             self._ip(host, "addr", "add", cidr, "dev", ifname)
         for host, via in DEFAULT_ROUTES:
@@ -623,7 +787,7 @@ class Lab:
             raise errors[0]
         deadline = time.monotonic() + UP_TIMEOUT
         for host in LOGINS:
-            while not self._host_path(host, "/run/sshd.pid").exists():
+            while not self.host_path(host, "/run/sshd.pid").exists():
                 if time.monotonic() > deadline:
                     raise LabError(f"{host}: sshd did not start")
                 time.sleep(0.02)
@@ -633,11 +797,11 @@ class Lab:
         (natpi's pi) authorized on every host, its known_hosts seeded."""
         self.run("natpi", ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pi@natpi",
                            "-f", CONTROLLER_KEY], user="pi")
-        controller = self._host_path("natpi", CONTROLLER_KEY + ".pub").read_text()
+        controller = self.host_path("natpi", CONTROLLER_KEY + ".pub").read_text()
         for host, login in LOGINS.items():
             self.run(host, "umask 077; cat >> ~/.ssh/authorized_keys", user=login.user,
                      input=controller)
-        key = {host: self._host_path(host, HOST_KEY + ".pub").read_text().split()[:2]
+        key = {host: self.host_path(host, HOST_KEY + ".pub").read_text().split()[:2]
                for host in LOGINS}
         known = [
             f"[{ADDR['gw_public']}]:{ADDR['gw_ssh_port']} {' '.join(key['gw'])}",
@@ -668,9 +832,10 @@ class Lab:
             time.sleep(0.05)
         self._reap_holders()
         self._holders.clear()
-        for proc in self._netem_procs.values():
+        for proc in [*self._netem_procs.values(), *self._units.values()]:
             _finish(proc)
         self._netem_procs.clear()
+        self._units.clear()
         for name in names:
             result = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
             if result.returncode != 0 and os.path.exists(f"/run/netns/{name}"):
@@ -765,15 +930,17 @@ class Lab:
             raise LabError(f"the lab is not up ({host} has no holder); run `python -m tests.lab up`")
         return pid
 
-    def _host_path(self, host: str, path: str) -> Path:
-        """A path inside the host's file system view, seen from the machine."""
+    def host_path(self, host: str, path: str) -> Path:
+        """A path inside the host's file system view, seen from the machine (to read a file
+        a host wrote, such as a framebuffer, without running anything in it)."""
         return Path(f"/proc/{self._holder(host)}/root") / path.lstrip("/")
+
 
     def _command(self, host: str, cmd: Command, user: str,
                  env: Optional[Mapping[str, str]]) -> "tuple[List[str], Dict[str, str]]":
         pid = self._holder(host)
         account = self.account(host, user)
-        home = account.home if self._host_path(host, account.home).is_dir() else "/"
+        home = account.home if self.host_path(host, account.home).is_dir() else "/"
         argv = ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", f"--wdns={home}", "--",
                 "setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", "--init-groups",
                 "--"]
@@ -888,6 +1055,29 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _split_words(text: str, where: str) -> List[str]:
+    """A unit's list of words: quoted as systemd does without escapes, as a shell does."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise LabError(f"{where}: {exc}: {text!r}") from None
+
+
+def _group_members(pgid: int) -> List[int]:
+    """The live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
 
 
 def _pid_alive(pid: int) -> bool:

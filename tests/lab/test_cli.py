@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +16,14 @@ from tests.lab.lab import leftovers
 REPO = Path(__file__).resolve().parents[2]
 
 
-def lab_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+def cli_env() -> dict:
     # The lab belongs to this test process: another test session running at the
     # same time waits for it instead of taking it as a person's leftover.
-    return subprocess.run([sys.executable, "-m", "tests.lab", *args], cwd=REPO, input=stdin,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "PI2PI_LAB_OWNER": str(os.getpid())},
+    return {**os.environ, "PYTHONPATH": str(REPO), "PI2PI_LAB_OWNER": str(os.getpid())}
+
+
+def lab_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.lab", *args], cwd=REPO, input=stdin, env=cli_env(),
                           capture_output=True, text=True, timeout=1000)
 
 
@@ -47,6 +51,24 @@ def test_up_shell_run_down(cli_lab: object) -> None:
     run = lab_cli("run", "--user", "pi", "natpi", "ssh -o BatchMode=yes -p 2222 admin@198.51.100.243 hostname")
     assert (run.returncode, run.stdout) == (0, "gw\n")
     assert lab_cli("run", "gw", "exit 3").returncode == 3
+
+    # A host's service under the lab's stand-in for systemd, until Ctrl-C (or SIGTERM, the same way out).
+    unit = "/etc/systemd/system/pi2pi-lab-probe.service"
+    lab_cli("run", "natpi", f"mkdir -p /etc/systemd/system && cat > {unit}",
+            stdin="[Service]\nExecStart=/bin/sh -c 'echo ran >> /tmp/probe.out; exec sleep 600'\nRestart=always\n")
+    service = subprocess.Popen([sys.executable, "-m", "tests.lab", "unit", "natpi", unit], cwd=REPO, env=cli_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while lab_cli("run", "natpi", "cat /tmp/probe.out").stdout != "ran\n":
+            assert service.poll() is None, service.communicate()
+            assert time.monotonic() < deadline, "the unit never ran"
+            time.sleep(0.1)
+    finally:
+        service.terminate()
+        out, err = service.communicate(timeout=30)
+    assert service.returncode == 130, (out, err)
+    assert lab_cli("run", "natpi", "pgrep -f 'slee[p] 600'").returncode == 1, "stopped with the command"
 
     down = lab_cli("down")
     assert down.returncode == 0

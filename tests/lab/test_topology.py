@@ -7,6 +7,7 @@ so a probe that could never succeed proves nothing and fails the test instead.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from tests.lab.lab import ADDR, HOSTS, Lab, LabError, leftovers
+from tests.lab.lab import ADDR, HOSTS, Lab, LabError, Unit, leftovers, parse_unit
 
 REPO = Path(__file__).resolve().parents[2]
 GW = ADDR["gw_public"]
@@ -80,6 +81,51 @@ def test_nobody_can_open_a_connection_to_natpi(lab: Lab) -> None:
         lab.run("stranger", "ip route del 192.168.1.0/24")
     assert all(opened[control] for control in controls), f"controls must connect: {opened}"
     assert not any(opened[probe] for probe in probes), f"natpi must be unreachable: {opened}"
+
+
+def test_neighbour_leaves_with_natpis_public_address(lab: Lab) -> None:
+    """natpi's neighbour on the home LAN is behind the same NAT: gw cannot tell them apart."""
+    peers = {}
+    for host in ("natpi", "neighbour"):
+        # Hold a connection to gw's admin sshd open while gw lists who is connected to it.
+        # (--foreground: timeout stays in the process group that kill() reaches.)
+        holder = lab.popen(host, f"timeout --foreground 10 bash -c 'exec 3<>/dev/tcp/{GW}/{GW_PORT}; "
+                                 "head -c 4 <&3; echo; sleep 5'", stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "SSH-\n", f"{host} reached gw's sshd"
+            ss = lab.run("gw", f"ss -Htn state established '( sport = :{GW_PORT} )'").stdout
+        finally:
+            holder.kill()
+            holder.communicate()
+        peers[host] = {line.split()[3].rsplit(":", 1)[0] for line in ss.splitlines()}
+    assert peers == {"natpi": {ADDR["natpi_public"]}, "neighbour": {ADDR["natpi_public"]}}
+
+
+def test_neighbour_and_natpi_share_a_lan_that_nobody_outside_reaches(lab: Lab) -> None:
+    # neighbour answers on a port with the address it sees its caller come from.
+    listener = lab.popen("neighbour", "exec socat TCP-LISTEN:7000,fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR'",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A stranger that tries hard: it routes the home LAN to the ISP.
+    lab.run("stranger", f"ip route add 192.168.1.0/24 via {ADDR['natpi_public']}")
+    try:
+        deadline = time.monotonic() + 10
+        while not lab.run("neighbour", "ss -Hltn 'sport = :7000'").stdout.strip():
+            assert time.monotonic() < deadline, "neighbour never listened on :7000"
+            time.sleep(0.05)
+        probes = [("stranger", ADDR["neighbour"], 7000), ("stranger", ADDR["natpi_public"], 7000),
+                  ("stranger", ADDR["neighbour"], 22)]
+        controls = [("natpi", ADDR["neighbour"], 7000), ("isp", ADDR["neighbour"], 7000),
+                    ("neighbour", ADDR["natpi"], 22), ("stranger", GW, GW_PORT)]
+        opened = tcp_opens(lab, probes + controls)
+        # On the LAN each sees the other's own address: no NAT between them.
+        seen_by_neighbour = lab.run("natpi", f"timeout 5 socat -u TCP:{ADDR['neighbour']}:7000 -").stdout
+    finally:
+        lab.run("stranger", "ip route del 192.168.1.0/24")
+        listener.kill()
+        listener.wait()
+    assert all(opened[control] for control in controls), f"controls must connect: {opened}"
+    assert not any(opened[probe] for probe in probes), f"neighbour must be unreachable: {opened}"
+    assert seen_by_neighbour == f"{ADDR['natpi']}\n"
 
 
 def test_a_file_under_etc_stays_on_its_host(lab: Lab) -> None:
@@ -155,6 +201,8 @@ def test_faults_are_real(lab: Lab) -> None:
     lab.netem("natpi", "delay 200ms 50ms")
     try:
         slow = connect_ms(lab, "natpi", GW, GW_PORT, 10)
+        # Only what leaves natpi's own link: its neighbour shares the ISP's bridge, not the delay.
+        neighbour = connect_ms(lab, "neighbour", GW, GW_PORT, 5)
     finally:
         lab.netem("natpi", None)
     fast = connect_ms(lab, "natpi", GW, GW_PORT, 10)
@@ -162,6 +210,7 @@ def test_faults_are_real(lab: Lab) -> None:
     assert min(slow) >= 150 - 5 and statistics.median(slow) < 400, slow
     assert max(slow) - min(slow) > 20, f"no jitter: {slow}"
     assert min(fast) < 50, fast
+    assert min(neighbour) < 50, neighbour
     lab.netem("natpi", "loss 50%")
     try:
         lossy = connect_ms(lab, "natpi", GW, GW_PORT, 20, timeout=0.5)
@@ -177,6 +226,93 @@ def test_faults_are_real(lab: Lab) -> None:
     assert ssh_from_natpi(lab, "'echo $SSH_CONNECTION'").stdout.split()[0] == ADDR["natpi_public"]
     with pytest.raises(LabError):
         lab.set_natpi_public("8.8.8.8")  # never a real address
+
+
+PROBE_UNIT = """\
+# A service as the roles write them.
+[Unit]
+Description=the lab's probe service
+After=network-online.target
+StartLimitIntervalSec=0
+
+[Service]
+User=pi
+Environment=GREETING=hello
+Environment="SECOND=two words" THIRD=3
+ExecStart=/bin/sh /tmp/probe.sh {args}
+Restart=always
+RestartSec=200ms
+
+[Install]
+WantedBy=multi-user.target
+"""
+PROBE_SCRIPT = 'echo "$GREETING|$SECOND|$THIRD|$(id -un)|$1" | tee -a /tmp/probe.out; exec sleep "$2"\n'
+
+
+def test_start_unit_stands_in_for_systemds_restart_always(lab: Lab) -> None:
+    unit = "/etc/systemd/system/pi2pi-lab-probe.service"
+
+    def runs() -> List[str]:
+        return lab.run("natpi", "cat /tmp/probe.out 2>/dev/null || true").stdout.splitlines()
+
+    def probes_running() -> bool:
+        return lab.run("natpi", ["pgrep", "-f", "probe[.]sh|sleep"], check=False).returncode == 0
+
+    def wait_for_runs(line: str, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while runs().count(line) < count:
+            assert time.monotonic() < deadline, f"{count} runs of {line!r} expected: {runs()}"
+            time.sleep(0.1)
+
+    first, second = "hello|two words|3|pi|first", "hello|two words|3|pi|second"
+    lab.run("natpi", f"mkdir -p {Path(unit).parent}; cat > /tmp/probe.sh", input=PROBE_SCRIPT)
+    try:
+        lab.run("natpi", f"cat > {unit}", input=PROBE_UNIT.format(args="first 0"))
+        lab.start_unit("natpi", unit)
+        wait_for_runs(first, 3)  # it ended at once, and was started again, and again
+        # The unit file changes; started again, as a handler restarts it: the old loop is gone.
+        lab.run("natpi", f"cat > {unit}", input=PROBE_UNIT.format(args="second 600"))
+        lab.start_unit("natpi", unit)
+        wait_for_runs(second, 1)
+        before = runs()
+        time.sleep(1)
+        assert runs() == before, "the old loop still runs, or the running service was restarted"
+        assert set(before) == {first, second}
+        assert probes_running(), "control: the service runs"
+        assert second in lab.unit_log("natpi", unit).read_text(), "its output is in its log"
+        lab.stop_unit("natpi", unit)
+        assert not probes_running(), "the loop or what it started outlived stop_unit"
+    finally:
+        lab.stop_unit("natpi", unit)
+        lab.run("natpi", f"rm -f {unit} /tmp/probe.sh /tmp/probe.out")
+    with pytest.raises(LabError, match="cannot read"):
+        lab.start_unit("natpi", unit)
+
+
+def test_unit_parser_refuses_what_the_restart_loop_cannot_honour() -> None:
+    service = "[Service]\nExecStart=/bin/true\nRestart=always\n"
+    assert parse_unit(service) == Unit(exec_start=("/bin/true",))
+    assert parse_unit(service + "Environment=A=1\nEnvironment=\nEnvironment=B=2\nRestartSec=2s\n") == \
+        Unit(exec_start=("/bin/true",), environment=(("B", "2"),), restart_sec=2.0)
+    refused = {
+        "[Service]\nRestart=always\n": "no ExecStart",
+        "[Service]\nExecStart=/bin/true\n": "Restart=always",
+        "[Service]\nExecStart=/bin/true\nRestart=on-failure\n": "Restart=always",
+        service + "Type=forking\n": "Type=forking",
+        service + "ExecStart=/bin/false\n": "second ExecStart",
+        service.replace("/bin/true", "-/bin/true"): "prefixes",
+        service.replace("/bin/true", "/bin/echo $HOME"): "expansion",
+        service.replace("/bin/true", "/bin/echo %h"): "specifiers",
+        service.replace("/bin/true", "/bin/echo \\\n  more"): "continued",
+        service + "Environment=NOVALUE\n": "VAR=value",
+        service + "RestartSec=1h\n": "RestartSec",
+        "[Unit]\nStartLimitIntervalSec=10\n" + service: "never gives up",
+        "[Unit]\nConditionPathExists=/x\n" + service: "ConditionPathExists",
+        "[Socket]\nListenStream=22\n": "[Socket]",
+    }
+    for text, why in refused.items():
+        with pytest.raises(LabError, match=re.escape(why)):
+            parse_unit(text)
 
 
 CONNECT_MS = """
