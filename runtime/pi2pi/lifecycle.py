@@ -13,7 +13,7 @@ its loops waits on:
 The first reason given is the one recorded. When the block exits, whatever
 ended it, the stats file is written. With `live`, a snapshot of the program's
 cheap counters is published while it runs (`<stats>/<program>.live.json`,
-schema `pi2pi.live/1`): at once when the peer or the flow changes, otherwise
+schema `pi2pi.live/1`): at once when its state, peer or flow changes, otherwise
 every LIVE_PERIOD_S; the file is removed when the program ends (its stats file
 then tells the rest).
 """
@@ -36,7 +36,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LIVE_SCHEMA = "pi2pi.live/1"
 LIVE_PERIOD_S = 1.0     # a live snapshot at least this often
 LIVE_POLL_S = 0.1       # how soon a change of peer or flow is published
-LIVE_EVENTS = ("peer", "flowing")  # live fields whose change is published at once
+LIVE_EVENTS = ("state", "peer", "flowing")  # live fields whose change is published at once
 
 
 class ProgramRun:

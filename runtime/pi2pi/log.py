@@ -19,7 +19,9 @@ def setup(program: str, verbose: int = 0, debug: int = 0, log_file: Optional[Pat
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    console.setFormatter(logging.Formatter(f"{program}: %(levelname)s %(message)s"))
+    # On a terminal a person reads it as it happens; in a file (a call's logs) the time matters.
+    stamp = "" if sys.stderr.isatty() else "%(asctime)s "
+    console.setFormatter(logging.Formatter(f"{stamp}{program}: %(levelname)s %(message)s"))
     root.addHandler(console)
     if debug > 0 and log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,8 @@ def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any
         "frames": counters.frames,
         "received": counters.received,
         "dropped": counters.dropped,
-        "corrupt": counters.corrupt + (link.unproven if link is not None else 0),
+        "corrupt": counters.corrupt,
+        "unproven": link.unproven if link is not None else 0,   # dialers without this call's token
         "decode_warnings": counters.decode_warnings,
         "bytes": counters.bytes,
         **stats.stream_rates(counters.frames, counters.bytes, counters.first_paint, counters.last_paint, started),

@@ -1,0 +1,154 @@
+"""`pi2pi up`, `pi2pi down`, `pi2pi status` on both sides of a call, over loopback:
+the real programs, TCP, TurboJPEG, Opus, a file framebuffer and ALSA's null device.
+
+What a user of the call would check: media flows both ways, with the token;
+hang-up stops senders first so every frame and packet sent was received;
+nothing is left running, the token is gone, a second call or hang-up is
+refused or harmless; a SIGKILLed supervisor takes its programs with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.calls.sides import TOKEN, Side, call_processes, make_sides, wait_for
+from tests.video.helpers import fb_rgb, label_at
+
+
+@pytest.fixture
+def sides(tmp_path: Path):
+    made = make_sides(tmp_path)
+    yield made
+    for side in made.values():   # whatever a failed test left up
+        side.pi2pi("down")
+        for pid in call_processes(side):
+            os.kill(pid, signal.SIGKILL)
+
+
+def place(sides, call: str = "c1") -> None:
+    for name in ("gwpi", "natpi"):
+        result = sides[name].up(call)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+    for side in sides.values():
+        waited = side.pi2pi("status", "--wait-flowing", "30", timeout=60)
+        assert waited.returncode == 0, f"{side.name}: {waited.stdout}{waited.stderr}"
+
+
+def hang_up(sides) -> None:
+    for phase in (("down", "--senders"), ("down",)):
+        for side in sides.values():
+            result = side.pi2pi(*phase)
+            assert result.returncode == 0, result.stderr
+
+
+def test_a_call_flows_both_ways_and_hangs_up_with_nothing_lost(sides) -> None:
+    place(sides)
+    natpi, gwpi = sides["natpi"], sides["gwpi"]
+    # The token is the call's, readable by this user only, while the call is up.
+    assert natpi.token.read_text().strip() == TOKEN
+    assert stat.S_IMODE(natpi.token.stat().st_mode) == 0o600
+    # The far picture shows on each side: the other's name, with rising frame numbers.
+    seen = {}
+    for side, far in ((natpi, "GWPI"), (gwpi, "NATPI")):
+        def shown(side: Side = side):
+            label = label_at(fb_rgb(side.root / "fb", "320x240x32"), (0, 0), (160, 120), (160, 120))
+            return label if label[0] else None
+        first = wait_for(shown, 10, f"{side.name}'s framebuffer to show a label")
+        later = wait_for(lambda: (lambda l: l if l and l[1] > first[1] else None)(shown()), 10,
+                         f"{side.name}'s frame number to rise")
+        seen[side.name] = (first, later)
+        assert first[0] == later[0] == far, seen
+    status = gwpi.status()
+    assert status["call"]["call"] == "c1" and status["call"]["supervisor"] == "running"
+    assert set(status["call"]["programs"]) == {"camera", "viewer", "talk", "listen"}
+
+    hang_up(sides)
+    for side in sides.values():
+        assert side.current() is None and not side.token.exists()
+        assert call_processes(side) == []
+        summary = json.loads((side.calls / "c1" / "summary.json").read_text())
+        assert summary["ended_by"] == "hangup" and summary["missing"] == [], summary
+    for sender, receiver in ((natpi, gwpi), (gwpi, natpi)):
+        camera, viewer = sender.stats("c1", "camera"), receiver.stats("c1", "viewer")
+        talk, listen = sender.stats("c1", "talk"), receiver.stats("c1", "listen")
+        assert camera["frames"] > 10 and camera["frames"] == viewer["received"], (camera, viewer)
+        assert talk["packets"] > 10 and talk["packets"] == listen["packets"], (talk, listen)
+        assert viewer["unproven"] == 0 and listen["unproven"] == 0
+        for record in (camera, viewer, talk, listen):
+            assert record["reason"] == "signal SIGTERM", record
+
+
+def test_a_second_call_is_refused_and_a_second_hangup_is_harmless(sides) -> None:
+    place(sides)
+    again = sides["gwpi"].up("c2")
+    assert again.returncode == 2 and "a call is already up here: c1" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    hang_up(sides)
+    for side in sides.values():
+        twice = side.pi2pi("down")
+        assert twice.returncode == 0 and "no call is up" in twice.stdout, twice
+    again = sides["gwpi"].up("c1")   # an id is a directory: never reused
+    assert again.returncode == 2 and "a new call needs a new id" in again.stderr
+
+
+def test_killing_the_supervisor_ends_its_programs_and_the_next_call_works(sides) -> None:
+    place(sides)
+    gwpi = sides["gwpi"]
+    supervisor = gwpi.current()["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: not call_processes(gwpi), 10, "gwpi's programs to end with their supervisor")
+    # Their ports are free again (a listener binds them at once).
+    port = int(gwpi.config.read_text().split("[viewer]\nlisten = 127.0.0.1:")[1].split()[0])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+    assert gwpi.status()["call"]["supervisor"] == "gone"
+    down = gwpi.pi2pi("down", "--json")
+    answer = json.loads(down.stdout)
+    assert answer["ended_by"] == "the supervisor died", answer
+    # The programs ended by their parent-death SIGTERM wrote their stats all the same.
+    assert answer["missing"] == [] and gwpi.stats("c1", "viewer")["reason"] == "signal SIGTERM"
+    sides["natpi"].pi2pi("down")
+    place(sides, "c2")
+    hang_up(sides)
+
+
+def test_a_taken_port_is_named_and_nothing_is_left_half_started(sides) -> None:
+    gwpi = sides["gwpi"]
+    port = int(gwpi.config.read_text().split("[viewer]\nlisten = 127.0.0.1:")[1].split()[0])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(1)
+        result = gwpi.up("c1")
+    assert result.returncode == 2, result
+    assert f"viewer could not start: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert call_processes(gwpi) == [] and gwpi.current() is None and not gwpi.token.exists()
+    assert json.loads((gwpi.calls / "c1" / "summary.json").read_text())["ended_by"].startswith("failed to start")
+
+
+def test_bad_settings_and_a_missing_token_stop_before_anything_starts(sides) -> None:
+    gwpi = sides["gwpi"]
+    bad = gwpi.up("c1", "--size", "10x10")
+    assert bad.returncode == 2 and "camera: size '10x10'" in bad.stderr, bad.stderr
+    no_token = gwpi.pi2pi("up", "--call", "c1")
+    assert no_token.returncode == 2 and "no token" in no_token.stderr, no_token.stderr
+    short = gwpi.pi2pi("up", "--call", "c1", "--token-stdin", stdin="short\n")
+    assert short.returncode == 2 and "at least 16 characters" in short.stderr
+    assert not (gwpi.calls / "c1").exists() and call_processes(gwpi) == []
+
+
+def test_a_program_started_for_a_call_without_a_token_refuses(sides, tmp_path: Path) -> None:
+    gwpi = sides["gwpi"]
+    env = dict(os.environ, PI2PI_SUPERVISOR=str(os.getpid()), PYTHONPATH=str(Path(__file__).parents[2] / "runtime"))
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "pi2pi", "viewer", "--config", str(gwpi.config),
+                             "--stats", str(tmp_path)], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 2 and "without the call's token" in result.stderr, result.stderr
