@@ -1,0 +1,114 @@
+"""pi2pi's call tasks, run on natpi (the controller) from the repository:
+
+    .venv/bin/fab call [--video-only | --audio-only] [--size WxH] [--fps N] [--quality Q]
+    .venv/bin/fab hangup
+    .venv/bin/fab stats [--call ID] [--json]
+    .venv/bin/fab status [--json]
+
+The hosts come from the Ansible inventory (`ansible-inventory --list`; set
+PI2PI_INVENTORY to pick another than ansible.cfg's); the order of a call
+lives in controller/call.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from controller import report, site
+from controller.call import CallFailed, Controller, Options
+from controller.remote import Unreachable
+
+
+class Say:
+    """Progress lines, each with the seconds since the task started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f} s] {line}", flush=True)
+
+
+def with_controller(work: Callable[[Controller], None]) -> None:
+    """Run work with a Controller; a failure is one clear line and exit 1, never a traceback."""
+    say = Say()
+    try:
+        controller = Controller(site.load(), say)
+    except site.SiteError as err:
+        raise Exit(f"fab: {err}", code=2) from None
+    try:
+        work(controller)
+    except (CallFailed, Unreachable) as err:
+        raise Exit(f"fab: {err}", code=1) from None
+    finally:
+        controller.close()
+
+
+@task(help={"video-only": "video both ways, no audio", "audio-only": "audio both ways, no video",
+            "size": "the cameras' frame size for this call (WxH)", "fps": "the cameras' frame rate",
+            "quality": "the cameras' JPEG quality (1..100)"})
+def call(c, video_only=False, audio_only=False, size=None, fps=None, quality=None):
+    """Place a call: gwpi's listeners, then natpi's dialers; returns once media flows both ways."""
+    if video_only and audio_only:
+        raise Exit("fab call: --video-only and --audio-only exclude each other", code=2)
+    options = Options(media="video" if video_only else "audio" if audio_only else "both", size=size,
+                      fps=float(fps) if fps is not None else None,
+                      quality=int(quality) if quality is not None else None)
+    with_controller(lambda controller: controller.place_call(options))
+
+
+@task
+def hangup(c):
+    """Hang up: senders, then receivers, on both Pis; fetch both Pis' stats here."""
+    with_controller(lambda controller: controller.hang_up())
+
+
+@task(help={"call": "an earlier call's id (default: the last)", "json": "one JSON object keyed by direction"})
+def stats(c, call=None, json_=False):
+    """The last call's figures per direction (video and audio, each way)."""
+    try:
+        figures = report.call_stats(call)
+    except report.NoStats as err:
+        raise Exit(f"fab stats: {err}", code=1) from None
+    if json_:
+        print(json.dumps(figures["directions"], sort_keys=True))
+    else:
+        print("\n".join(report.table(figures)))
+
+
+@task(help={"json": "one JSON object"})
+def status(c, json_=False):
+    """What runs where, the tunnel, natpi's public address against the gateway's DNAT."""
+
+    def show(controller: Controller) -> None:
+        found = controller.site_status()
+        if json_:
+            print(json.dumps(found, sort_keys=True))
+            return
+        print(f"inventory: {found['inventory']}")
+        for name, pi in found["pis"].items():
+            tunnel = pi["tunnel"]
+            shown = {True: "up", False: "DOWN", None: "-"}[tunnel["up"]]
+            print(f"{name} ({pi['side']}, {pi['transport']} transport): tunnel {shown} ({tunnel['detail']})")
+            call_ = pi["call"]
+            if call_ is None:
+                print("  no call is up")
+                continue
+            print(f"  call {call_['call']}: {call_['state']}")
+            for program, p in call_["programs"].items():
+                print(f"    {program}: {p['state']}")
+        address = found.get("address")
+        if address is None:
+            print("gateway: none in the inventory")
+        elif "error" in address:
+            print(f"gateway: {address['error']}")
+        else:
+            verdict = "in step" if address["in_step"] else "DRIFTED: run ansible-playbook playbooks/natpi_address.yml"
+            print(f"natpi's public address {address['natpi_seen_as']}; the DNAT accepts "
+                  f"{', '.join(address['dnat_accepts']) or 'nothing'}: {verdict}")
+
+    with_controller(show)

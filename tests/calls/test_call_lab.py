@@ -1,0 +1,273 @@
+"""A whole call in the lab, from natpi, as the seed's user would run it:
+site.yml, `fab call`, media for a while, `fab hangup`, `fab stats`, for each
+transport (direct through the gateway's DNAT, then tunnel inside natpi's ssh).
+
+The evidence is what the programs do not report about themselves: each
+viewer's framebuffer shows the *other* host's name with rising frame numbers
+(read back from the pixels), each listen recording holds the *other* side's
+test signal (decoded from the sound), the gateway's counters rose on the DNAT
+rules (direct) or on the tunnel's ssh port alone (tunnel), and a neighbour
+behind natpi's own NAT, whom the gateway lets through, gets no media.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import wave
+from typing import Dict, Iterator, Tuple
+
+import numpy as np
+import pytest
+
+from pi2pi.audio import testsignal
+from tests.calls.sides import wait_for
+from tests.lab.lab import ADDR, Lab
+from tests.provision.helpers import REPO, build_wheelhouse, playbook_command
+from tests.video.helpers import fb_rgb, label_at
+
+GW = ADDR["gw_public"]
+TUNNEL_UNIT = "/etc/systemd/system/pi2pi-tunnel.service"
+FB, FB_GEOMETRY, AT, FRAME = "/var/lib/pi2pi/fb", "800x480x32", (208, 36), (320, 240)
+STORE = "/home/pi/.local/state/pi2pi/controller"
+PORTS = {"video_natpi_to_gwpi": 5010, "video_gwpi_to_natpi": 5000, "audio_natpi_to_gwpi": 1350,
+         "audio_gwpi_to_natpi": 1360}
+
+
+def fab(lab: Lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`.venv/bin/fab ARGS` on natpi as pi, from the repository (the controller)."""
+    command = f"cd {REPO} && .venv/bin/fab {' '.join(args)}"
+    return lab.run("natpi", command, user="pi", check=False, timeout=timeout)
+
+
+def shows(result: subprocess.CompletedProcess) -> str:
+    return f"rc={result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-2000:]}"
+
+
+def screen_label(lab: Lab, host: str) -> Tuple[str, int]:
+    rgb = fb_rgb(lab.host_path(host, FB), FB_GEOMETRY)
+    return label_at(rgb, AT, FRAME, FRAME)
+
+
+def far_picture_moves(lab: Lab, host: str, far: str) -> Tuple[int, int]:
+    """The host's screen shows far's name with a frame number that rises; the two numbers seen."""
+    first = wait_for(lambda: (lambda s: s if s[0] == far.upper() else None)(screen_label(lab, host)), 15,
+                     f"{host}'s screen to show {far}'s picture")
+    later = wait_for(lambda: (lambda s: s if s[0] == far.upper() and s[1] > first[1] else None)(
+        screen_label(lab, host)), 15, f"{far}'s frame numbers to rise on {host}'s screen")
+    return first[1], later[1]
+
+
+def dnat_counters(lab: Lab) -> Dict[str, Tuple[int, int]]:
+    """(packets, bytes) of each pi2pi rule on gw, keyed by its comment and chain."""
+    found = {}
+    for line in lab.run("gw", "iptables-save -c").stdout.splitlines():
+        match = re.match(r"^\[(\d+):(\d+)\] -A (PI2PI-\w+) .*--comment (pi2pi-[\w-]+)", line)
+        if match:
+            found[f"{match[3]} {match[4]}"] = (int(match[1]), int(match[2]))
+    return found
+
+
+def neighbour_tries(lab: Lab, port: int, seconds: float = 4) -> Dict[str, object]:
+    """From neighbour (natpi's public address, so the gateway lets it through), dial a
+    media port without the call's token; what it got."""
+    probe = f"""
+import json, socket
+out = {{"connected": False, "bytes": 0, "closed": False, "first": ""}}
+try:
+    s = socket.create_connection(("{GW}", {port}), timeout={seconds})
+    out["connected"] = True
+    s.settimeout({seconds})
+    data = b""
+    try:
+        while len(data) < 1 << 16:
+            chunk = s.recv(4096)
+            if not chunk:
+                out["closed"] = True
+                break
+            data += chunk
+            if len(data) >= 21:   # a challenge: answer it with a guess
+                s.sendall(b"P2PR" + bytes(32))
+    except socket.timeout:
+        pass
+    out["bytes"], out["first"] = len(data), data[:4].decode("latin-1")
+except OSError as err:
+    out["error"] = str(err)
+print(json.dumps(out))
+"""
+    result = lab.run("neighbour", ["python3", "-c", probe], timeout=seconds * 3 + 10)
+    return json.loads(result.stdout)
+
+
+def heard(lab: Lab, call: str, host: str) -> str:
+    """Whose test signal the host's listen recorded (the copy fetched to the controller)."""
+    with wave.open(str(lab.host_path("natpi", f"{STORE}/{call}/{host}/listen.wav")), "rb") as wav:
+        rate = wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    return testsignal.read_label(pcm, rate) or "nothing readable"
+
+
+def last_call(lab: Lab) -> str:
+    return sorted(p.name for p in lab.host_path("natpi", STORE).iterdir())[-1]
+
+
+def directions(lab: Lab) -> Dict[str, dict]:
+    result = fab(lab, "stats", "--json")
+    assert result.returncode == 0, shows(result)
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def site(lab: Lab) -> Iterator[Lab]:
+    build_wheelhouse()
+    result = lab.run("natpi", playbook_command("site.yml"), user="pi", check=False, timeout=600)
+    assert result.returncode == 0, shows(result)
+    lab.start_unit("natpi", TUNNEL_UNIT)   # systemd's part, in a lab without systemd
+    yield lab
+
+
+def check_call_evidence(lab: Lab, call: str, seconds: float) -> None:
+    stats = directions(lab)
+    assert set(stats) == set(PORTS), stats
+    for name, d in stats.items():
+        # Both ends agree: what was sent was received (the hang-up stops senders first).
+        assert d["sent"] and d["sent"] > 0, (name, d)
+        assert d["in_flight"] == 0 and d["sent"] == d["received"], (name, d)
+        assert d["missing"] == [], (name, d)
+        assert d["ended"] == {"sender": "signal SIGTERM", "receiver": "signal SIGTERM"}, (name, d)
+    # Each side heard the other's voice, not its own.
+    assert heard(lab, call, "natpi") == "GWPI"
+    assert heard(lab, call, "gwpi") == "NATPI"
+
+
+def test_a_direct_call_end_to_end(site: Lab) -> None:
+    lab = site
+    before = dnat_counters(lab)
+    placed = fab(lab, "call")
+    assert placed.returncode == 0, shows(placed)
+    # It says what it waits for, and returns once media arrived on both sides.
+    for line in ("gwpi: video arrives (first frame shown)", "natpi: video arrives (first frame shown)",
+                 "gwpi: audio arrives (first packets in)", "natpi: audio arrives (first packets in)",
+                 " is up: video and audio both ways"):
+        assert line in placed.stdout, shows(placed)
+    call = re.search(r"call (\S+) is up", placed.stdout)[1]
+    for host, far in (("natpi", "gwpi"), ("gwpi", "natpi")):
+        far_picture_moves(lab, host, far)
+    # A neighbour behind natpi's NAT reaches gwpi's listeners (the gateway lets its
+    # address in) but gets no media and no foothold; the call goes on.
+    for port in (PORTS["video_natpi_to_gwpi"], PORTS["audio_natpi_to_gwpi"], PORTS["video_gwpi_to_natpi"]):
+        tried = neighbour_tries(lab, port)
+        assert tried["connected"], f"port {port}: the gateway should let the neighbour through: {tried}"
+        assert tried["closed"] and tried["first"] in ("", "P2PC") and tried["bytes"] <= 21, (port, tried)
+    far_picture_moves(lab, "gwpi", "natpi")
+    far_picture_moves(lab, "natpi", "gwpi")
+    status = fab(lab, "status")
+    assert status.returncode == 0 and "in step" in status.stdout, shows(status)
+
+    hung = fab(lab, "hangup")
+    assert hung.returncode == 0 and f"call {call} ended" in hung.stdout, shows(hung)
+    assert "all stats fetched" in hung.stdout
+    table = fab(lab, "stats")
+    assert table.returncode == 0 and f"call {call}" in table.stdout, shows(table)
+    assert "video natpi -> gwpi" in table.stdout and "audio gwpi -> natpi" in table.stdout
+    check_call_evidence(lab, call, 3)
+    after = dnat_counters(lab)
+    for flow in PORTS:
+        rule = f"PI2PI-PREROUTING pi2pi-{flow.replace('_', '-')}"
+        assert after[rule][0] > before.get(rule, (0, 0))[0], f"no packets DNATed for {flow}"
+    # The neighbour's attempts were DNATed too: the listeners counted them, unproven or refused.
+    figures = directions(lab)
+    refused = sum(d["refused"]["receiver"] or 0 for n, d in figures.items() if n.endswith("to_gwpi")) \
+        + (figures["video_gwpi_to_natpi"]["refused"]["sender"] or 0)
+    assert refused >= 3, figures
+
+
+def test_a_second_call_is_refused_and_hangup_twice_is_harmless(site: Lab) -> None:
+    lab = site
+    assert fab(lab, "call", "--audio-only").returncode == 0
+    again = fab(lab, "call")
+    assert again.returncode == 1 and "a call is already up on" in again.stderr, shows(again)
+    assert "Traceback" not in again.stderr
+    assert fab(lab, "hangup").returncode == 0
+    twice = fab(lab, "hangup")
+    assert twice.returncode == 0 and "no call is up" in twice.stdout, shows(twice)
+    audio = directions(lab)
+    assert set(audio) == {"audio_natpi_to_gwpi", "audio_gwpi_to_natpi"}
+
+
+def test_a_killed_supervisor_on_gwpi_still_hangs_up_cleanly(site: Lab) -> None:
+    lab = site
+    assert fab(lab, "call", "--video-only").returncode == 0
+    lab.run("gwpi", "kill -9 $(python3 -c 'import json; print(json.load(open(\"/var/lib/pi2pi/calls/current.json\"))[\"pid\"])')",
+            user="pi")
+    wait_for(lambda: lab.run("gwpi", "pgrep -f 'pi2pi (camera|viewer)'", check=False).returncode != 0, 15,
+             "gwpi's programs to end with their supervisor")
+    hung = fab(lab, "hangup")
+    assert hung.returncode == 0, shows(hung)
+    assert "gwpi: ended by the supervisor died" in hung.stdout and "natpi: ended by hangup" in hung.stdout, hung.stdout
+    assert lab.run("natpi", "pgrep -f 'pi2pi (camera|viewer)'", check=False).returncode != 0
+    # The programs killed with it still wrote their stats; the next call works.
+    video = directions(lab)
+    assert all(d["missing"] == [] for d in video.values()), video
+    assert fab(lab, "call", "--video-only").returncode == 0
+    assert fab(lab, "hangup").returncode == 0
+
+
+def test_a_taken_port_and_a_drifted_address_are_named_and_nothing_is_left(site: Lab) -> None:
+    lab = site
+    squatter = lab.popen("gwpi", f"exec socat TCP-LISTEN:{PORTS['video_gwpi_to_natpi']},reuseaddr -",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "5000" in lab.run("gwpi", "ss -Hltn").stdout, 10, "the squatter to listen")
+        taken = fab(lab, "call")
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert taken.returncode == 1, shows(taken)
+    assert "gwpi: camera could not start: cannot listen on 0.0.0.0:5000: Address already in use" in taken.stderr
+    for host in ("natpi", "gwpi"):
+        assert "no call is up" in lab.run(host, "pi2pi status", user="pi").stdout
+        assert lab.run(host, "pgrep -f 'pi2pi (camera|viewer|talk|listen)'", check=False).returncode != 0
+
+    original = lab.natpi_public
+    lab.set_natpi_public("198.51.100.31")
+    try:
+        drifted = fab(lab, "call")
+    finally:
+        lab.set_natpi_public(original)
+    assert drifted.returncode == 1 and "drifted" in drifted.stderr and "198.51.100.31" in drifted.stderr, shows(drifted)
+    assert "natpi_address.yml" in drifted.stderr
+    assert "no call is up" in lab.run("gwpi", "pi2pi status", user="pi").stdout
+
+
+def test_a_tunnel_call_end_to_end(site: Lab) -> None:
+    lab = site
+    switched = lab.run("natpi", playbook_command("site.yml", "-e", "pi2pi_transport=tunnel"), user="pi",
+                       check=False, timeout=600)
+    assert switched.returncode == 0, shows(switched)
+    # The gateway DNATs only the tunnel's ssh port now.
+    rules = [line for line in lab.run("gw", "iptables-save -t nat").stdout.splitlines()
+             if line.startswith("-A PI2PI-PREROUTING")]
+    assert len(rules) == 1 and "pi2pi-tunnel-ssh" in rules[0], rules
+    lab.start_unit("natpi", TUNNEL_UNIT)   # the unit changed: systemd's handler would restart it
+    wait_for(lambda: all(f"127.0.0.1:{p}" in lab.run("natpi", "ss -Hltn").stdout for p in PORTS.values()), 30,
+             "the tunnel's media forwards on natpi")
+    before = dnat_counters(lab)
+    placed = fab(lab, "call")
+    assert placed.returncode == 0 and "(tunnel transport)" in placed.stdout, shows(placed)
+    call = re.search(r"call (\S+) is up", placed.stdout)[1]
+    for host, far in (("natpi", "gwpi"), ("gwpi", "natpi")):
+        far_picture_moves(lab, host, far)
+    # Nothing but the tunnel reaches gwpi's listeners now: the neighbour's dial goes nowhere.
+    tried = neighbour_tries(lab, PORTS["video_natpi_to_gwpi"], seconds=3)
+    assert not tried["connected"], tried
+    hung = fab(lab, "hangup")
+    assert hung.returncode == 0, shows(hung)
+    check_call_evidence(lab, call, 3)
+    after = dnat_counters(lab)
+    tunnel = "PI2PI-FORWARD pi2pi-tunnel-ssh"
+    carried = after[tunnel][1] - before.get(tunnel, (0, 0))[1]
+    media = sum(d["bytes"] for d in directions(lab).values() if d["sender"].startswith("natpi"))
+    # The firewall counted, on the tunnel's ssh port, at least the media bytes gwpi's
+    # programs read (plus ssh's framing and the acks of the other way).
+    assert carried > media > 0, (carried, media)

@@ -1,0 +1,80 @@
+"""The controller's logic without hosts: the inventory's connection data, and
+a call's figures per direction from the stats files two Pis wrote."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller import report, site, store
+
+
+def test_connection_data_comes_from_the_inventory_as_ansible_reads_it() -> None:
+    gwpi = site.host_from_vars("gwpi", {"ansible_host": "10.0.0.2", "ansible_user": "pi",
+                                        "ansible_ssh_common_args": "-o ProxyJump=admin@198.51.100.243:2222"})
+    assert (gwpi.address, gwpi.port, gwpi.user, gwpi.local) == ("10.0.0.2", 22, "pi", False)
+    assert gwpi.jump is not None and (gwpi.jump.address, gwpi.jump.port, gwpi.jump.user) == \
+        ("198.51.100.243", 2222, "admin")
+    assert gwpi.describe() == "gwpi (pi@10.0.0.2 via admin@198.51.100.243:2222)"
+    natpi = site.host_from_vars("natpi", {"ansible_connection": "local", "ansible_user": "pi"})
+    assert natpi.local and natpi.describe() == "natpi (this machine)"
+    assert site.host_from_vars("gw", {}).address == "gw"   # no ansible_host: the name
+
+
+@pytest.mark.parametrize("args, message", [
+    ("-o StrictHostKeyChecking=no", "fab understands only ProxyJump"),
+    ("-o ProxyJump=a@b:1,c@d:2", "more than one hop"),
+    ("-J admin@gw:ssh", "the port is not a number"),
+])
+def test_ssh_arguments_fab_cannot_honour_are_refused_by_name(args: str, message: str) -> None:
+    with pytest.raises(site.SiteError, match=message):
+        site.host_from_vars("gwpi", {"ansible_ssh_common_args": args})
+
+
+def write(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_directions_pair_each_sender_with_the_far_receiver(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(store.ENV_STORE, str(tmp_path))
+    store.new_call("c1", {"call": "c1", "media": "both", "hosts": {"natpi": "raspberrypi", "gwpi": "raspberrypi5"},
+                          "call_setup_s": 2.5, "hangup_s": 1.5, "transport": "direct"})
+    for host, side in (("raspberrypi", "natpi"), ("raspberrypi5", "gwpi")):
+        d = tmp_path / "c1" / host
+        write(d / "summary.json", {"side": side})
+        write(d / "camera.json", {"frames": 100 if side == "natpi" else 90, "dropped": 2, "reason": "signal SIGTERM",
+                                  "reconnects": 0, "refused": 1, "unproven": 0, "duration_s": 10.0})
+        write(d / "talk.json", {"packets": 500, "dropped": 0, "reason": "signal SIGTERM", "reconnects": 0})
+        write(d / "listen.json", {"packets": 500, "underruns": 1, "concealed": 3, "kbps": 24.0, "dropped": 1,
+                                  "reason": "signal SIGTERM", "frames_played": 499, "buffer_ms": {"mean": 60, "max": 80}})
+    # gwpi's viewer stats are missing: natpi's camera -> gwpi's viewer says so.
+    write(tmp_path / "c1" / "raspberrypi" / "viewer.json",
+          {"received": 88, "frames": 85, "dropped": 3, "fps": 9.0, "kbps": 700.0, "reason": "signal SIGTERM",
+           "latency_ms": {"p50": 10.0, "p95": 20.0, "p99": 30.0}, "unproven": 2, "refused": 0})
+    figures = report.call_stats()
+    assert figures["call"] == "c1" and set(figures["directions"]) == set(report.DIRECTIONS)
+    back = figures["directions"]["video_gwpi_to_natpi"]
+    assert (back["sent"], back["received"], back["in_flight"], back["shown"]) == (90, 88, 2, 85)
+    assert back["dropped"] == {"sender": 2, "receiver": 3} and back["refused"] == {"sender": 1, "receiver": 2}
+    assert back["sender"] == "raspberrypi5 camera" and back["receiver"] == "raspberrypi viewer"
+    out = figures["directions"]["video_natpi_to_gwpi"]
+    assert out["missing"] == ["raspberrypi5/viewer.json"] and out["received"] is None and out["in_flight"] is None
+    audio = figures["directions"]["audio_natpi_to_gwpi"]
+    assert (audio["sent"], audio["received"], audio["underruns"], audio["played"]) == (500, 500, 1, 499)
+    lines = report.table(figures)
+    assert lines[0] == "call c1 (direct transport, set up in 2.5 s, hung up in 1.5 s)"
+    assert any(line.startswith("video gwpi -> natpi") and "10/20/30" in line for line in lines)
+    assert "video_natpi_to_gwpi: missing raspberrypi5/viewer.json" in lines
+
+
+def test_no_calls_or_an_unknown_call_is_a_clear_message(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(store.ENV_STORE, str(tmp_path))
+    with pytest.raises(report.NoStats, match="no calls recorded"):
+        report.call_stats()
+    store.new_call("c1", {"call": "c1"})
+    with pytest.raises(report.NoStats, match="no call c9"):
+        report.call_stats("c9")
+    with pytest.raises(report.NoStats, match="nothing fetched"):
+        report.call_stats("c1")
