@@ -47,7 +47,6 @@ from pi2pi.supervisor import (
     last_error,
     pid_alive,
     read_json,
-    write_token,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,21 @@ class Lock:
 
     def __exit__(self, *_exc: Any) -> None:
         os.close(self.fd)
+
+
+def write_token(path: Path, token: str) -> None:
+    """The call's token, readable by this user only (0600), replaced atomically."""
+    token = token.strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def prune(settings: Settings) -> None:
@@ -94,15 +108,17 @@ def up(settings: Settings, request: Request, token: Optional[str], check: Any) -
             log.warning("clearing call %s: its supervisor died", record.get("call"))
             clear_dead(settings, record)
         token_path = Path(settings.token_file)
-        if token is not None:
-            write_token(token_path, token)
-        elif not token_path.is_file():
+        if token is None and not token_path.is_file():
             raise CallError(f"no token: give it on stdin (--token-stdin); {token_path} does not exist")
+        if token is not None and len(token.strip()) < 16:
+            raise CallError("the call's token must be at least 16 characters")
         call_dir = calls / request.call
         try:
             call_dir.mkdir(parents=True)
         except FileExistsError:
             raise CallError(f"call {request.call} was here before ({call_dir}): a new call needs a new id") from None
+        if token is not None:
+            write_token(token_path, token)
         request.started = time.time()
         stats.write_json(call_dir / "call.json", dataclasses.asdict(request))
         prune(settings)

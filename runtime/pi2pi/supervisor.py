@@ -172,23 +172,6 @@ def stray_programs(call_dir: Path) -> List[int]:
     return [pid for pid in found if pid_alive(pid)]
 
 
-def write_token(path: Path, token: str) -> None:
-    """The call's token, readable by this user only (0600), replaced atomically."""
-    token = token.strip()
-    if len(token) < 16:
-        raise CallError("the call's token must be at least 16 characters")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class Program:
     name: str
