@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,24 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from tests.audio.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "a-call-token-of-more-than-16-chars"
 FLOWS = {"video_natpi_to_gwpi": 0, "video_gwpi_to_natpi": 1, "audio_natpi_to_gwpi": 2, "audio_gwpi_to_natpi": 3}
 
 
 def free_ports(count: int) -> List[int]:
-    """Free ports below the ephemeral range (so no outgoing connection takes one meanwhile)."""
-    import random
-
+    """Distinct free ports below the ephemeral range."""
     found: List[int] = []
-    rng = random.Random()
     while len(found) < count:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = free_port()
         if port not in found:
             found.append(port)
     return found
