@@ -39,6 +39,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -430,6 +431,7 @@ class Lab:
         _require_root()
         if self._is_up:
             raise LabError("this lab is already up; call down() first")
+        _require_readable_repo()
         started = time.monotonic()
         waited = self._acquire(wait) if self._lock is None else 0.0
         OWNER_PATH.write_text(json.dumps({
@@ -991,6 +993,15 @@ def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> List[str]:
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network and mount namespaces, iptables)")
+
+
+def _require_readable_repo() -> None:
+    """The hosts' users (pi, admin) run the repository's .venv and playbooks: every
+    directory down to it must let others in (a clone into `mktemp -d` does not)."""
+    for path in (REPO, *REPO.parents):
+        if not path.stat().st_mode & stat.S_IXOTH:
+            raise LabError(f"{path} is mode {stat.S_IMODE(path.stat().st_mode):04o}: the lab's users cannot reach "
+                           f"the repository {REPO} through it (chmod o+rx {path})")
 
 
 def _finish(proc: subprocess.Popen) -> None:
