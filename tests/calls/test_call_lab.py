@@ -197,7 +197,7 @@ def test_a_second_call_is_refused_and_hangup_twice_is_harmless(site: Lab) -> Non
 
 def test_a_killed_supervisor_on_gwpi_still_hangs_up_cleanly(site: Lab) -> None:
     lab = site
-    assert fab(lab, "call", "--video-only").returncode == 0
+    assert fab(lab, "call", "--video-only", "--size", "160x120", "--fps", "10").returncode == 0
     lab.run("gwpi", "kill -9 $(python3 -c 'import json; print(json.load(open(\"/var/lib/pi2pi/calls/current.json\"))[\"pid\"])')",
             user="pi")
     wait_for(lambda: lab.run("gwpi", "pgrep -f 'pi2pi (camera|viewer)'", check=False).returncode != 0, 15,
@@ -209,6 +209,8 @@ def test_a_killed_supervisor_on_gwpi_still_hangs_up_cleanly(site: Lab) -> None:
     # The programs killed with it still wrote their stats; the next call works.
     video = directions(lab)
     assert all(d["missing"] == [] for d in video.values()), video
+    camera = json.loads(lab.host_path("natpi", f"{STORE}/{last_call(lab)}/natpi/camera.json").read_text())
+    assert camera["size"] == "160x120" and 9 <= video["video_natpi_to_gwpi"]["fps"] <= 11, camera
     assert fab(lab, "call", "--video-only").returncode == 0
     assert fab(lab, "hangup").returncode == 0
 

@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -55,9 +56,38 @@ def test_sigterm_ends_the_run_and_is_the_reason(tmp_path):
 
 def test_duration_ends_the_run(tmp_path):
     with ProgramRun("camera", tmp_path, 0.05, lambda: {}) as run:
-        while not run.should_stop():
-            run.stop.wait(0.01)
+        assert run.stop.wait(5)   # nothing polls a clock: the deadline sets the stop event
     assert json.loads((tmp_path / "camera.json").read_text())["reason"] == "duration reached"
+
+
+def test_a_dying_worker_thread_ends_the_run_with_its_reason(tmp_path):
+    def sender() -> None:
+        raise ConnectionError("the socket went away")
+
+    with ProgramRun("camera", tmp_path, 0, lambda: {}) as run:
+        run.worker(sender, "sender")
+        assert run.stop.wait(5), "a dead worker left the program running"
+    reason = json.loads((tmp_path / "camera.json").read_text())["reason"]
+    assert reason == "error: the sender thread died: ConnectionError('the socket went away')"
+
+
+def test_live_snapshots_while_running_then_only_the_stats(tmp_path):
+    frames = [0]
+    with ProgramRun("viewer", tmp_path, 0, lambda: {"frames": frames[0]},
+                    live=lambda: {"state": "listening", "peer": None, "flowing": frames[0] > 0,
+                                  "frames": frames[0]}) as run:
+        live = tmp_path / "viewer.live.json"
+        deadline = time.monotonic() + 5
+        while not live.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert json.loads(live.read_text())["flowing"] is False
+        frames[0] = 1   # the first frame
+        while json.loads(live.read_text())["frames"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record = json.loads(live.read_text())
+        assert record["schema"] == "pi2pi.live/1" and record["flowing"] is True
+        run.end("peer gone")
+    assert not live.exists() and json.loads((tmp_path / "viewer.json").read_text())["frames"] == 1
 
 
 def test_stream_rates_count_only_the_time_the_stream_flowed():
