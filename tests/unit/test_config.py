@@ -58,3 +58,19 @@ def test_broken_file_is_a_config_error(tmp_path):
     path.write_text("fps = 3\n")  # no section header
     with pytest.raises(config.ConfigError, match="broken.conf"):
         config.load(str(path))
+
+
+def test_help_shows_each_default_from_the_settings_dataclass(capsys):
+    from pi2pi import cli
+    from pi2pi.audio import settings as audio
+    from pi2pi.video import camera
+
+    parser = cli.make_parser(cli.program_modules())
+    shown = {}
+    for name in ("camera", "listen"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        shown[name] = " ".join(capsys.readouterr().out.split())
+    # The one place a default is written is the dataclass: the help reads it.
+    assert f"(default: {camera.Settings.inflight})" in shown["camera"].split("--inflight FRAMES", 1)[1]
+    assert f"(default: {audio.ListenSettings.buffer})" in shown["listen"].split("--buffer MS", 1)[1]
