@@ -431,7 +431,7 @@ class Lab:
         _require_root()
         if self._is_up:
             raise LabError("this lab is already up; call down() first")
-        _require_readable_repo()
+        _open_repo_to_lab_users()
         started = time.monotonic()
         waited = self._acquire(wait) if self._lock is None else 0.0
         OWNER_PATH.write_text(json.dumps({
@@ -995,13 +995,16 @@ def _require_root() -> None:
         raise LabError("the lab needs root (network and mount namespaces, iptables)")
 
 
-def _require_readable_repo() -> None:
-    """The hosts' users (pi, admin) run the repository's .venv and playbooks: every
-    directory down to it must let others in (a clone into `mktemp -d` does not)."""
-    for path in (REPO, *REPO.parents):
-        if not path.stat().st_mode & stat.S_IXOTH:
-            raise LabError(f"{path} is mode {stat.S_IMODE(path.stat().st_mode):04o}: the lab's users cannot reach "
-                           f"the repository {REPO} through it (chmod o+rx {path})")
+def _open_repo_to_lab_users() -> None:
+    """The hosts' users (pi, admin) run the repository's .venv and playbooks, so every
+    directory down to it must let others pass. A clone into `mktemp -d` (mode 0700)
+    does not: such a directory gets o+x (the repository root o+rx), and says so."""
+    for path in (*reversed(REPO.parents), REPO):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = mode | stat.S_IXOTH | (stat.S_IROTH if path == REPO else 0)
+        if wanted != mode:
+            log.warning("%s was mode %04o: now %04o, so the lab's users reach the repository", path, mode, wanted)
+            os.chmod(path, wanted)
 
 
 def _finish(proc: subprocess.Popen) -> None:

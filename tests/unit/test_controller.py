@@ -23,7 +23,7 @@ def test_connection_data_comes_from_the_inventory_as_ansible_reads_it() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    ("-o StrictHostKeyChecking=no", "fab understands only ProxyJump"),
+    ("-o Compression=yes", "fab understands only ProxyJump"),
     ("-o ProxyJump=a@b:1,c@d:2", "more than one hop"),
     ("-J admin@gw:ssh", "the port is not a number"),
 ])
