@@ -1,29 +1,47 @@
 """Dial, listen, retry, and the call-token handshake.
 
 Who dials is independent of which way the media flows (natpi dials every
-connection). With a token, the listener speaks first:
+connection). With a token, the listener speaks first and both ends prove they
+hold the call's token, so neither a stranger who dials a listener nor one who
+answers at the dialer's address gets any media:
 
-    listener -> dialer   b"P2PC" version(1 byte) nonce(16 bytes)
-    dialer   -> listener b"P2PR" HMAC-SHA256(token, b"pi2pi/1 " + stream + nonce)
-    listener -> dialer   b"OK"   (or it closes the connection)
+    listener -> dialer   b"P2PC" version(1 byte, 2) nonce_l(16)
+    dialer   -> listener b"P2PR" nonce_d(16) HMAC-SHA256(token, b"pi2pi/2 dialer " + stream + nonce_l + nonce_d)
+    listener -> dialer   b"P2PA" HMAC-SHA256(token, b"pi2pi/2 listener " + stream + nonce_l + nonce_d)
 
-The token itself never crosses the wire and a captured answer is useless
-against a fresh nonce. The stream name ("video", "audio") binds an answer to
-one kind of stream. Without a token the programs speak the seed's bare protocol.
+(or the listener closes the connection; the dialer closes it when the
+listener's proof is wrong). The token never crosses the wire; both nonces make
+every answer fresh; the role in the message keeps one end's proof from being
+played back as the other's; the stream name ("video", "audio") binds an answer
+to one kind of stream; proofs are compared in constant time. The whole
+handshake has one deadline (HANDSHAKE_TIMEOUT_S), however slowly a peer
+trickles its bytes, and a listener runs every pending handshake at once, so a
+slow stranger cannot keep the real peer waiting. Without a token the programs
+speak the seed's bare protocol.
+
+A dialer that fails, or whose connection ends soon after it was made, waits
+before it dials again: a delay that doubles up to a cap, with jitter
+(`Backoff`), instead of redialling in a tight loop. Every wait gives way to the
+stop event within POLL_S.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
 import logging
 import os
+import random
 import select
 import socket
+import stat
 import struct
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from pi2pi.config import ConfigError
 
@@ -31,12 +49,19 @@ log = logging.getLogger(__name__)
 
 CHALLENGE_MAGIC = b"P2PC"
 ANSWER_MAGIC = b"P2PR"
-VERSION = 1
+PROOF_MAGIC = b"P2PA"
+VERSION = 2
 NONCE_SIZE = 16
 DIGEST_SIZE = 32
-ACCEPTED = b"OK"
+CHALLENGE_SIZE = len(CHALLENGE_MAGIC) + 1 + NONCE_SIZE
+ANSWER_SIZE = len(ANSWER_MAGIC) + NONCE_SIZE + DIGEST_SIZE
+PROOF_SIZE = len(PROOF_MAGIC) + DIGEST_SIZE
 SIOCOUTQ = 0x5411  # bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ)
-HANDSHAKE_TIMEOUT_S = 5.0
+HANDSHAKE_TIMEOUT_S = 5.0   # the whole handshake, not each read
+MAX_PENDING = 8             # handshakes a listener runs at once; more dialers are turned away
+POLL_S = 0.2                # the longest any wait here keeps a stop request waiting
+CONNECT_TIMEOUT_S = 5.0
+SHORT_LIVED_S = 5.0         # a connection that ended sooner than this counts as a failed dial
 
 
 class HandshakeError(Exception):
@@ -64,61 +89,78 @@ def parse_endpoint(text: str, listening: bool) -> Tuple[str, int]:
 
 
 def load_token(path: Optional[str]) -> Optional[bytes]:
+    """The call's token from its file, which only its owner may read."""
     if not path:
         return None
     try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
         token = Path(path).read_bytes().strip()
     except OSError as err:
         raise ConfigError(f"token file {path}: {err.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"token file {path} is readable by others (mode {mode:04o}): chmod 600 {path}")
     if len(token) < 16:
         raise ConfigError(f"token file {path}: the token must be at least 16 characters")
     return token
 
 
-def _answer(token: bytes, stream: str, nonce: bytes) -> bytes:
-    return hmac.new(token, b"pi2pi/1 " + stream.encode() + nonce, hashlib.sha256).digest()
+def _proof(token: bytes, role: bytes, stream: str, nonce_l: bytes, nonce_d: bytes) -> bytes:
+    return hmac.new(token, b"pi2pi/2 " + role + b" " + stream.encode() + nonce_l + nonce_d, hashlib.sha256).digest()
 
 
-def _recv_fixed(sock: socket.socket, size: int) -> bytes:
+def _recv_until(sock: socket.socket, size: int, deadline: float, stop: Optional[threading.Event]) -> bytes:
+    """Exactly size bytes before the deadline (one for the whole read); stop wins within POLL_S."""
     data = b""
     while len(data) < size:
-        chunk = sock.recv(size - len(data))
+        if stop is not None and stop.is_set():
+            raise HandshakeError("stopped during the handshake")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise HandshakeError("the peer did not finish the handshake in time")
+        sock.settimeout(min(left, POLL_S))
+        try:
+            chunk = sock.recv(size - len(data))
+        except socket.timeout:
+            continue
+        except OSError as err:
+            raise HandshakeError(f"handshake failed: {err.strerror or err}") from None
         if not chunk:
             raise HandshakeError("peer closed during the handshake")
         data += chunk
     return data
 
 
-def challenge(sock: socket.socket, token: bytes, stream: str) -> None:
-    """Listener side: raises HandshakeError unless the dialer knows the token."""
-    nonce = os.urandom(NONCE_SIZE)
-    sock.settimeout(HANDSHAKE_TIMEOUT_S)
-    try:
-        sock.sendall(CHALLENGE_MAGIC + bytes((VERSION,)) + nonce)
-        reply = _recv_fixed(sock, len(ANSWER_MAGIC) + DIGEST_SIZE)
-    except socket.timeout:
-        raise HandshakeError("no answer to the challenge in time") from None
-    except OSError as err:
-        raise HandshakeError(f"handshake failed: {err}") from None
-    if reply[:4] != ANSWER_MAGIC or not hmac.compare_digest(reply[4:], _answer(token, stream, nonce)):
+def challenge_message(nonce_l: bytes) -> bytes:
+    return CHALLENGE_MAGIC + bytes((VERSION,)) + nonce_l
+
+
+def check_answer(answer: bytes, token: bytes, stream: str, nonce_l: bytes) -> bytes:
+    """The listener's check of the dialer's answer; the listener's own proof to send back."""
+    nonce_d = answer[4:4 + NONCE_SIZE]
+    if answer[:4] != ANSWER_MAGIC or not hmac.compare_digest(
+            answer[4 + NONCE_SIZE:], _proof(token, b"dialer", stream, nonce_l, nonce_d)):
         raise HandshakeError("wrong answer to the challenge (not this call's token)")
-    sock.sendall(ACCEPTED)
+    return PROOF_MAGIC + _proof(token, b"listener", stream, nonce_l, nonce_d)
 
 
-def respond(sock: socket.socket, token: bytes, stream: str) -> None:
-    """Dialer side: answer the listener's challenge and wait for its OK."""
-    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+def respond(sock: socket.socket, token: bytes, stream: str, stop: Optional[threading.Event] = None,
+            timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
+    """Dialer side: answer the listener's challenge, then check the listener's own proof."""
+    deadline = time.monotonic() + timeout_s
+    hello = _recv_until(sock, CHALLENGE_SIZE, deadline, stop)
+    if hello[:4] != CHALLENGE_MAGIC:
+        raise HandshakeError("the listener does not speak the pi2pi handshake")
+    if hello[4] != VERSION:
+        raise HandshakeError(f"the listener speaks handshake version {hello[4]}, not {VERSION}: update both Pis")
+    nonce_l, nonce_d = hello[5:], os.urandom(NONCE_SIZE)
     try:
-        hello = _recv_fixed(sock, len(CHALLENGE_MAGIC) + 1 + NONCE_SIZE)
-        if hello[:4] != CHALLENGE_MAGIC or hello[4] != VERSION:
-            raise HandshakeError("the listener does not speak the pi2pi handshake")
-        sock.sendall(ANSWER_MAGIC + _answer(token, stream, hello[5:]))
-        if _recv_fixed(sock, len(ACCEPTED)) != ACCEPTED:
-            raise HandshakeError("the listener refused our answer")
-    except socket.timeout:
-        raise HandshakeError("the listener did not finish the handshake in time") from None
+        sock.sendall(ANSWER_MAGIC + nonce_d + _proof(token, b"dialer", stream, nonce_l, nonce_d))
     except OSError as err:
-        raise HandshakeError(f"handshake failed: {err}") from None
+        raise HandshakeError(f"handshake failed: {err.strerror or err}") from None
+    proof = _recv_until(sock, PROOF_SIZE, deadline, stop)
+    if proof[:4] != PROOF_MAGIC or not hmac.compare_digest(
+            proof[4:], _proof(token, b"listener", stream, nonce_l, nonce_d)):
+        raise HandshakeError("the listener could not prove this call's token: not our peer")
 
 
 def tune(sock: socket.socket) -> None:
@@ -149,45 +191,107 @@ def peer_hung_up(sock: socket.socket) -> bool:
         return True
 
 
-def dial(
-    host: str,
-    port: int,
-    stop: threading.Event,
-    token: Optional[bytes],
-    stream: str,
-    retry_s: float = 1.0,
-    connect_timeout_s: float = 5.0,
-) -> Optional[socket.socket]:
-    """Connect (and prove the token), retrying until it works or stop is set."""
+class Backoff:
+    """Delays between dial attempts: first `first_s`, doubling to `cap_s`, each
+    drawn within +-25% so that many dialers do not redial in step."""
+
+    def __init__(self, first_s: float = 0.5, cap_s: float = 4.0) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self._next = first_s
+
+    def next(self) -> float:
+        delay = self._next * random.uniform(0.75, 1.25)
+        self._next = min(self.cap_s, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first_s
+
+
+def connect(host: str, port: int, stop: threading.Event, timeout_s: float = CONNECT_TIMEOUT_S) -> Optional[socket.socket]:
+    """A TCP connection (blocking socket) or OSError; None once stop is set (it wins within POLL_S)."""
+    last: OSError = OSError(f"{host}: no address")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        deadline = time.monotonic() + timeout_s
+        while error == errno.EINPROGRESS:
+            if stop.is_set():
+                sock.close()
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = errno.ETIMEDOUT
+                break
+            if select.select([], [sock], [], min(left, POLL_S))[1]:
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error == 0:
+            sock.setblocking(True)
+            return sock
+        sock.close()
+        last = OSError(error, os.strerror(error))
+    raise last
+
+
+def dial(host: str, port: int, stop: threading.Event, token: Optional[bytes], stream: str,
+         backoff: Optional[Backoff] = None) -> Optional[socket.socket]:
+    """Connect (and prove the token both ways), retrying with backoff until it works or stop is set."""
+    backoff = backoff or Backoff()
     attempt = 0
     while not stop.is_set():
         attempt += 1
         try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout_s)
+            sock = connect(host, port, stop)
         except OSError as err:
-            if attempt == 1 or attempt % 30 == 0:
-                log.info("dial %s:%d: %s; retrying every %.1f s", host, port, err, retry_s)
-            stop.wait(retry_s)
+            delay = backoff.next()
+            if attempt == 1 or attempt % 20 == 0:
+                log.info("dial %s:%d: %s; retrying in %.1f s", host, port, err.strerror or err, delay)
+            stop.wait(delay)
             continue
+        if sock is None:
+            return None
         try:
             if token is not None:
-                respond(sock, token, stream)
+                respond(sock, token, stream, stop)
             tune(sock)
             log.info("connected to %s:%d", host, port)
             return sock
         except (HandshakeError, OSError) as err:
-            log.warning("dial %s:%d: %s", host, port, err)
             sock.close()
-            stop.wait(retry_s)
+            if stop.is_set():
+                return None
+            delay = backoff.next()
+            log.warning("dial %s:%d: %s; retrying in %.1f s", host, port, err, delay)
+            stop.wait(delay)
     return None
 
 
-class Listener:
-    """A listening socket that hands out only connections that passed the handshake."""
+@dataclass
+class Handshake:
+    """A dialer the listener has challenged and waits for: one deadline for all of it."""
 
-    def __init__(self, host: str, port: int, token: Optional[bytes], stream: str) -> None:
+    sock: socket.socket
+    peer: Tuple[str, int]
+    nonce: bytes
+    deadline: float
+    answer: bytes = b""
+
+
+class Listener:
+    """A listening socket that hands out only connections that passed the handshake.
+
+    Every dialer's handshake runs at once (without threads: one select over the
+    listening socket and every pending dialer), each with a whole deadline, at
+    most MAX_PENDING at a time: a slow or silent stranger cannot delay the real
+    peer's handshake nor hold one open.
+    """
+
+    def __init__(self, host: str, port: int, token: Optional[bytes], stream: str,
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.token = token
         self.stream = stream
+        self.handshake_timeout_s = handshake_timeout_s
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -196,23 +300,28 @@ class Listener:
         except OSError as err:
             self.sock.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}") from None
-        self.sock.listen(4)
+        self.sock.listen(MAX_PENDING)
         self.address = self.sock.getsockname()
-        self.unproven = 0  # dialers that failed the token handshake
-        self.refused = 0   # second dialers turned away while a peer was served
+        self.handshakes: Dict[socket.socket, Handshake] = {}
+        self.unproven = 0  # dialers that failed the token handshake (wrong, silent, too slow)
+        self.refused = 0   # dialers turned away: a peer was served, or too many handshakes at once
 
     def pending(self, timeout_s: float = 0.0) -> bool:
         readable, _, _ = select.select([self.sock], [], [], timeout_s)
         return bool(readable)
 
-    def accept(self, stop: threading.Event, poll_s: float = 0.2) -> Optional[socket.socket]:
+    def accept(self, stop: threading.Event, poll_s: float = POLL_S) -> Optional[socket.socket]:
         """Wait for a dialer that passes the handshake; None once stop is set."""
         while not stop.is_set():
-            if not self.pending(poll_s):
-                continue
-            conn = self._accept_one()
-            if conn is not None:
-                return conn
+            now = time.monotonic()
+            for shake in [h for h in self.handshakes.values() if h.deadline <= now]:
+                self._drop(shake, "no complete answer within the handshake's deadline")
+            wait = min([poll_s] + [h.deadline - now for h in self.handshakes.values()])
+            readable, _, _ = select.select([self.sock, *self.handshakes], [], [], max(0.0, wait))
+            for sock in readable:
+                conn = self._accept_one() if sock is self.sock else self._advance(self.handshakes[sock])
+                if conn is not None:
+                    return conn
         return None
 
     def _accept_one(self) -> Optional[socket.socket]:
@@ -221,20 +330,68 @@ class Listener:
         except OSError as err:
             log.warning("accept failed: %s", err)
             return None
-        if self.token is not None:
-            try:
-                challenge(conn, self.token, self.stream)
-            except HandshakeError as err:
-                log.warning("refused %s:%d: %s", peer[0], peer[1], err)
-                self.unproven += 1
-                conn.close()
-                return None
-        tune(conn)
-        log.info("accepted %s:%d", peer[0], peer[1])
-        return conn
+        if self.token is None:
+            tune(conn)
+            log.info("accepted %s:%d", peer[0], peer[1])
+            return conn
+        if len(self.handshakes) >= MAX_PENDING:
+            log.warning("refused %s:%d: %d handshakes already under way", peer[0], peer[1], MAX_PENDING)
+            self.refused += 1
+            conn.close()
+            return None
+        nonce = os.urandom(NONCE_SIZE)
+        try:
+            conn.setblocking(False)
+            conn.send(challenge_message(nonce))   # 21 bytes into an empty send buffer
+        except OSError:
+            conn.close()
+            return None
+        self.handshakes[conn] = Handshake(conn, peer[:2], nonce, time.monotonic() + self.handshake_timeout_s)
+        return None
+
+    def _advance(self, shake: Handshake) -> Optional[socket.socket]:
+        """Read what the dialer sent; its socket once it proved the token (and got our proof)."""
+        assert self.token is not None
+        try:
+            chunk = shake.sock.recv(ANSWER_SIZE - len(shake.answer))
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            self._drop(shake, f"handshake failed: {err.strerror or err}")
+            return None
+        if not chunk:
+            self._drop(shake, "peer closed during the handshake")
+            return None
+        shake.answer += chunk
+        if len(shake.answer) < ANSWER_SIZE:
+            return None
+        try:
+            proof = check_answer(shake.answer, self.token, self.stream, shake.nonce)
+            del self.handshakes[shake.sock]
+            shake.sock.setblocking(True)
+            shake.sock.settimeout(max(0.1, shake.deadline - time.monotonic()))
+            shake.sock.sendall(proof)
+        except (HandshakeError, OSError) as err:
+            self._drop(shake, str(err))
+            return None
+        tune(shake.sock)
+        log.info("accepted %s:%d", *shake.peer)
+        return shake.sock
+
+    def _drop(self, shake: Handshake, why: str) -> None:
+        log.warning("refused %s:%d: %s", shake.peer[0], shake.peer[1], why)
+        self.unproven += 1
+        self.handshakes.pop(shake.sock, None)
+        shake.sock.close()
 
     def refuse_pending(self, why: str) -> None:
-        """Close dialers that arrive while a peer is being served (one call, one peer)."""
+        """Close dialers that arrive, or are still in their handshake, while a peer is
+        being served (one call, one peer)."""
+        for shake in list(self.handshakes.values()):
+            log.warning("refused %s:%d: %s", shake.peer[0], shake.peer[1], why)
+            self.refused += 1
+            self.handshakes.pop(shake.sock, None)
+            shake.sock.close()
         while self.pending(0.0):
             try:
                 conn, peer = self.sock.accept()
@@ -245,6 +402,9 @@ class Listener:
             conn.close()
 
     def close(self) -> None:
+        for shake in list(self.handshakes.values()):
+            shake.sock.close()
+        self.handshakes.clear()
         self.sock.close()
 
 
@@ -266,6 +426,9 @@ class PeerLink:
             raise ConfigError("set one of --connect HOST:PORT or --listen [ADDR:]PORT")
         self.connections = 0
         self.peer: Optional[str] = None   # "host:port" of the peer served now
+        self.backoff = Backoff()
+        self._connected_at: Optional[float] = None
+        self._short_lived = False         # the last connection ended soon after it was made
 
     def state(self) -> str:
         """What the link is doing, in a user's words: for a live status line."""
@@ -298,8 +461,13 @@ class PeerLink:
             sock = self.listener.accept(stop)
         else:
             assert self.target is not None
-            sock = dial(self.target[0], self.target[1], stop, self.token, self.stream)
+            if self._short_lived:   # connected, then lost at once: not a tight redial loop
+                stop.wait(self.backoff.next())
+            else:
+                self.backoff.reset()
+            sock = dial(self.target[0], self.target[1], stop, self.token, self.stream, self.backoff)
         if sock is not None:
+            self._connected_at = time.monotonic()
             self.connections += 1
             try:
                 host, port = sock.getpeername()[:2]
@@ -313,6 +481,7 @@ class PeerLink:
     def lost(self) -> None:
         """The caller closed the peer's connection."""
         self.peer = None
+        self._short_lived = self._connected_at is not None and time.monotonic() - self._connected_at < SHORT_LIVED_S
 
     def refuse_others(self) -> None:
         """While serving a peer, close whoever else dials (one call, one peer)."""

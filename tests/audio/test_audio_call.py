@@ -90,6 +90,7 @@ def test_chirp_comes_out_aligned_whole_and_without_a_cut(tmp_path, with_token):
     if with_token:
         token = tmp_path / "token"
         token.write_text("a-call-token-of-32-characters-xx\n")
+        token.chmod(0o600)
         extra = ["--token-file", str(token)]
     talk, listen, heard = run_call(tmp_path, signal_in, 3.4, extra, extra)
 
@@ -282,6 +283,7 @@ def test_bad_input_is_logged_counted_and_survived(tmp_path):
 def test_with_a_token_a_stranger_is_refused_and_the_call_plays(tmp_path):
     token = tmp_path / "token"
     token.write_text("another-call-token-0123456789abcdef\n")
+    token.chmod(0o600)
     port = harness.free_port()
     proc = start_listen(tmp_path, port, "--token-file", str(token))
     try:

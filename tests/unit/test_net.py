@@ -1,6 +1,7 @@
 """Endpoints, the call-token handshake, and framing over real loopback sockets."""
 import socket
 import threading
+import time
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_dial_retries_until_the_listener_answers():
     probe.close()
     stop = threading.Event()
     result = []
-    dialer = threading.Thread(target=lambda: result.append(net.dial("127.0.0.1", port, stop, None, "audio", retry_s=0.05)))
+    dialer = threading.Thread(target=lambda: result.append(net.dial("127.0.0.1", port, stop, None, "audio", net.Backoff(0.05, 0.1))))
     dialer.start()
     threading.Event().wait(0.2)  # the dialer is failing and retrying by now
     listener = net.Listener("127.0.0.1", port, None, "audio")
@@ -116,3 +117,197 @@ def test_stalled_and_vanishing_peers():
         wire.read_audio_frame(b, stall_s=1, first_wait_s=1)
     assert closed.value.partial
     b.close()
+
+
+# ----- the mutual handshake, its deadline, backoff (issue 10) ---------------------------------
+
+def impostor_listener(proof: bytes, version: int = net.VERSION):
+    """A listener at the dialer's address that does not hold the call's token."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    got = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(net.CHALLENGE_MAGIC + bytes((version,)) + bytes(net.NONCE_SIZE))
+            conn.settimeout(5)
+            got.append(conn.recv(net.ANSWER_SIZE))
+            conn.sendall(proof)
+            try:
+                while True:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    got.append(data)
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, got
+
+
+def test_the_dialer_refuses_a_listener_that_cannot_prove_the_token():
+    server, got = impostor_listener(net.PROOF_MAGIC + bytes(net.DIGEST_SIZE))
+    sock = socket.create_connection(server.getsockname())
+    with pytest.raises(net.HandshakeError, match="could not prove this call's token"):
+        net.respond(sock, TOKEN, "video")
+    sock.close()
+    server.close()
+    # Positive control: the real listener's proof is accepted (test above: dial succeeds).
+    assert len(got[0]) == net.ANSWER_SIZE and TOKEN not in b"".join(got)
+
+
+def test_a_listener_of_the_first_handshake_version_is_named():
+    server, _ = impostor_listener(b"OK", version=1)
+    sock = socket.create_connection(server.getsockname())
+    with pytest.raises(net.HandshakeError, match="version 1, not 2: update both Pis"):
+        net.respond(sock, TOKEN, "audio")
+    sock.close()
+    server.close()
+
+
+def is_open(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_a_slow_stranger_neither_delays_the_real_peer_nor_holds_its_handshake_open():
+    listener = net.Listener("127.0.0.1", 0, TOKEN, "video", handshake_timeout_s=1.5)
+    port = listener.address[1]
+    stop = threading.Event()
+    slow = socket.create_connection(("127.0.0.1", port))
+    trickled = []
+    accepted = []
+    server = threading.Thread(target=lambda: accepted.append(listener.accept(stop)))
+    server.start()
+    slow.settimeout(5)
+    assert len(slow.recv(net.CHALLENGE_SIZE)) == net.CHALLENGE_SIZE   # challenged, like anyone
+    slow.settimeout(None)
+
+    def trickle() -> None:   # one byte of an answer every 0.2 s: 52 bytes would take 10 s
+        for byte in (b"P2PR" + bytes(48)):
+            if stop.wait(0.2):
+                return
+            try:
+                slow.send(bytes((byte,)))
+            except OSError:
+                return
+            trickled.append(byte)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    good = net.dial("127.0.0.1", port, stop, TOKEN, "video")
+    server.join(5)
+    assert good is not None and accepted and accepted[0] is not None
+    assert is_open(slow), "the real peer got in only after the slow stranger was dropped"
+    # The stranger's handshake has one deadline for all of it, however it trickles.
+    again = threading.Thread(target=lambda: listener.accept(stop))
+    again.start()
+    deadline = time.monotonic() + 10
+    while is_open(slow) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_open(slow) and len(trickled) < net.ANSWER_SIZE and listener.unproven == 1
+    stop.set()
+    again.join(5)
+    for s in (good, accepted[0], slow):
+        s.close()
+    listener.close()
+
+
+def test_a_token_file_others_may_read_is_refused(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("a-call-token-of-enough-length\n")
+    token.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by others \(mode 0644\): chmod 600"):
+        net.load_token(str(token))
+    token.chmod(0o600)
+    assert net.load_token(str(token)) == b"a-call-token-of-enough-length"
+
+
+def test_backoff_doubles_to_its_cap_with_jitter():
+    backoff = net.Backoff(0.5, 4.0)
+    delays = [backoff.next() for _ in range(8)]
+    for delay, nominal in zip(delays, (0.5, 1, 2, 4, 4, 4, 4, 4)):
+        assert 0.75 * nominal <= delay <= 1.25 * nominal
+    assert len({round(d, 6) for d in delays[3:]}) > 1   # jitter: not all in step
+    backoff.reset()
+    assert backoff.next() <= 0.625
+
+
+class CountingStop(threading.Event):
+    """A stop event that records each wait and ends the dial after a few."""
+
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.delays = []
+        self.left = waits
+
+    def wait(self, timeout=None):
+        self.delays.append(timeout)
+        self.left -= 1
+        if self.left <= 0:
+            self.set()
+        return self.is_set()
+
+
+def test_failed_dials_back_off_instead_of_a_tight_loop():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    stop = CountingStop(5)
+    assert net.dial("127.0.0.1", port, stop, None, "audio") is None
+    assert len(stop.delays) == 5 and stop.delays[-1] > 2 * stop.delays[0], stop.delays
+
+
+def test_a_stop_request_wins_over_a_silent_listener():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)   # the kernel completes the connection; nobody ever sends a challenge
+    stop = threading.Event()
+    result = []
+    dialer = threading.Thread(target=lambda: result.append(net.dial("127.0.0.1", silent.getsockname()[1],
+                                                                   stop, TOKEN, "video")))
+    dialer.start()
+    time.sleep(0.3)   # the dialer is inside its handshake now (it waits 5 s for a challenge)
+    stop.set()
+    dialer.join(2)
+    assert not dialer.is_alive() and result == [None]
+    silent.close()
+
+
+def test_a_peer_that_drops_the_dialer_at_once_is_redialled_with_backoff():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def hang_up_at_once() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            accepted.append(time.monotonic())
+            conn.close()
+
+    acceptor = threading.Thread(target=hang_up_at_once, daemon=True)
+    acceptor.start()
+    link = net.PeerLink(f"127.0.0.1:{server.getsockname()[1]}", None, None, "video")
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        sock = link.next_peer(stop)
+        sock.close()
+        link.lost()
+    stop.set()
+    acceptor.join(2)
+    server.close()
+    # 0.5 + 1 s of backoff in the first 2 s: a tight loop would have made hundreds.
+    assert 2 <= len(accepted) <= 5, len(accepted)

@@ -70,6 +70,7 @@ def huge_dimensions_jpeg() -> bytes:
 def viewer(tmp_path: Path):
     port = free_port()
     (tmp_path / "token").write_bytes(TOKEN)
+    (tmp_path / "token").chmod(0o600)
     program = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", "fb.raw", "--fb-geometry", GEOMETRY,
                        "--stats", "stats", "--token-file", "token", "--stall-s", "0.5", "--max-frame", "1000000"],
                       tmp_path)

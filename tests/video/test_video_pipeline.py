@@ -18,6 +18,7 @@ TOKEN = "0123456789abcdef-video-test-token"
 def test_camera_dials_viewer_with_token_and_the_label_arrives(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
     fb, geometry = tmp_path / "fb.raw", "640x480x32"
     viewer = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", str(fb), "--fb-geometry", geometry,
                       "--at", "100,50", "--stats", "stats", "--token-file", "token", "--once",
@@ -51,6 +52,7 @@ def test_camera_dials_viewer_with_token_and_the_label_arrives(tmp_path: Path) ->
 def test_viewer_dials_a_listening_camera_into_a_small_16bpp_screen(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
     fb, geometry = tmp_path / "fb.raw", "440x340x16"
     # The dialer starts first and retries until the listener answers.
     viewer = Program(["viewer", "--connect", f"127.0.0.1:{port}", "--fb", str(fb), "--fb-geometry", geometry,

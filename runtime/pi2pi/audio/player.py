@@ -66,9 +66,7 @@ class Receiver:
                 self._serve(sock)
             finally:
                 sock.close()
-                self.link.lost()
-            if self.settings.connect and not self.stop.is_set():
-                self.stop.wait(1.0)   # a dialer retries, gently
+                self.link.lost()   # a dialer that lost its peer at once backs off (net.PeerLink)
 
     def _bad(self, what: str, count: int, bad_in_a_row: int) -> bool:
         if count <= LOG_FIRST:
