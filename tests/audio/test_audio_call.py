@@ -367,3 +367,36 @@ def test_talk_redials_when_the_listener_comes_back(tmp_path):
     assert first_stats["packets"] > 20 and second_stats["packets"] > 20
     # what reached neither listener is the little talk wrote before it saw the first one go
     assert talk_stats["packets"] - 3 <= first_stats["packets"] + second_stats["packets"] <= talk_stats["packets"]
+
+
+def receive_queue_empty(port: int) -> bool:
+    """The listener's socket holds nothing unread (ss's Recv-Q), so listen took it all in."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout.split()
+    return bool(out) and out[0] == "0"
+
+
+def test_a_peer_sending_faster_than_real_time_does_not_grow_listen(tmp_path):
+    """The jitter buffer used to keep every packet a fast peer sent until playout."""
+    port = harness.free_port()
+    proc = start_listen(tmp_path, port)
+    packet = wire.pack_audio_frame(our_packets(0.02, 440.0)[0])
+    with socket.create_connection(("127.0.0.1", port)) as flood:
+        def send_and_settle(count: int) -> None:
+            for start in range(0, count, 1000):
+                flood.sendall(packet * min(1000, count - start))
+            deadline = time.monotonic() + 30
+            while not receive_queue_empty(port):
+                assert time.monotonic() < deadline, "listen did not take the flood in"
+                time.sleep(0.02)
+
+        send_and_settle(5_000)                                  # 100 s of audio at once
+        settled = int(next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                           if l.startswith("VmRSS:")).split()[1])
+        send_and_settle(100_000)                                # 2000 s more
+        peak = int(next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                        if l.startswith("VmHWM:")).split()[1])
+    stats = stop_listen(tmp_path, proc)
+    # 100 000 more packets kept would be ~20 MB; the buffer holds at most buffer_max + 5 s.
+    assert peak - settled < 8_000, f"listen grew from {settled} kB to a peak of {peak} kB"
+    assert stats["packets"] == 105_000 and stats["flooded"] > 90_000, stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pi2pi.audio.jitter import JitterBuffer, JitterSettings, Playout, opus_packet_ms
+from pi2pi.audio.jitter import FLOOD_MARGIN_MS, JitterBuffer, JitterSettings, Playout, opus_packet_ms
 from tests.audio.analysis import hard_cuts
 from tests.audio.simulate import simulate, talk_spurts
 
@@ -136,3 +136,11 @@ def test_drift_estimate_sees_a_fast_sender():
     for k in range(3000):                                      # one minute
         buffer.push(b"x", 20.0, k * period + 3.0)
     assert buffer.drift_ppm() == pytest.approx(500.0, abs=5.0)
+
+
+def test_a_flooding_peer_cannot_grow_the_buffer_beyond_its_bound():
+    buffer = JitterBuffer(JitterSettings(max_ms=680.0))
+    for i in range(20_000):                      # 400 s of audio, all at once, nothing played
+        buffer.push(b"\x08\x00", 20.0, 1000.0)
+    assert buffer.fill_ms() <= 680.0 + FLOOD_MARGIN_MS
+    assert buffer.flooded == 20_000 - int((680.0 + FLOOD_MARGIN_MS) / 20.0)

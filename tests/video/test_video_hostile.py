@@ -212,3 +212,35 @@ def test_a_second_dialer_is_refused_while_a_peer_is_served(viewer: Program, tmp_
     assert viewer.stop() == 0
     stats = read_stats(tmp_path / "stats", "viewer")
     assert stats["refused"] == 1 and stats["corrupt"] == 0 and stats["frames"] == 2
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith(field + ":")).split()[1])
+
+
+def test_a_new_frame_size_every_frame_does_not_grow_the_viewer(viewer: Program, tmp_path: Path) -> None:
+    """Each size a peer claims used to keep its own decode buffer forever."""
+    sizes = [(w, w * 3 // 4) for w in range(120, 420)]   # 300 sizes, each decoded into its own shape
+    frames = [pillow_jpeg((w % 256, 80, 160), size) for w, size in zip(range(len(sizes)), sizes)]
+    sock = dial(viewer.port)  # type: ignore[attr-defined]
+    pid = viewer.proc.pid
+    for seq, frame in enumerate(frames, start=1):
+        sock.sendall(header(seq, len(frame)) + frame)
+        if seq == 30:
+            deadline = time.monotonic() + 5   # wait until the viewer has taken those in
+            while net.unacked_bytes(sock) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            settled = rss_kb(pid)
+        time.sleep(0.003)   # about 300 frames a second: most are painted, not skipped
+    deadline = time.monotonic() + 10
+    while net.unacked_bytes(sock) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock.close()
+    viewer.wait_for("the peer closed the connection")
+    peak = rss_kb(pid, "VmHWM")
+    assert viewer.stop() == 0
+    stats = read_stats(tmp_path / "stats", "viewer")
+    assert stats["received"] == len(frames) and stats["frames"] >= len(frames) // 2, stats
+    # 150+ painted sizes x up to 300 kB of buffer each would be 40 MB and more.
+    assert peak - settled < 12_000, f"the viewer grew from {settled} kB to a peak of {peak} kB"

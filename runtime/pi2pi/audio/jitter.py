@@ -66,6 +66,12 @@ def opus_packet_ms(packet: bytes) -> Optional[float]:
     return total / 10.0
 
 
+# The queue never holds more than max_ms + this: a burst after a stall (talk keeps
+# at most max_backlog_ms waiting) is trimmed gently by the playout; only a peer
+# flooding faster than real time reaches it.
+FLOOD_MARGIN_MS = 5000.0
+
+
 @dataclass
 class JitterSettings:
     min_ms: float = 2.0           # the floor of the target (listen --buffer)
@@ -116,12 +122,15 @@ class _Packet:
 
 
 class WindowExtremes:
-    """Max and min of the values seen over a sliding time window, O(1) amortised."""
+    """Max and min of the values seen over a sliding time window, O(1) amortised.
 
-    def __init__(self, window_ms: float) -> None:
+    At most `most` entries each (50 packets a second for 10 s need 500): a peer
+    that floods packets shortens the window instead of growing it."""
+
+    def __init__(self, window_ms: float, most: int = 4096) -> None:
         self.window_ms = window_ms
-        self._max: Deque[Tuple[float, float]] = collections.deque()
-        self._min: Deque[Tuple[float, float]] = collections.deque()
+        self._max: Deque[Tuple[float, float]] = collections.deque(maxlen=most)
+        self._min: Deque[Tuple[float, float]] = collections.deque(maxlen=most)
 
     def add(self, now_ms: float, value: float) -> None:
         while self._max and self._max[-1][1] <= value:
@@ -173,6 +182,7 @@ class JitterBuffer:
         self._last_lateness: Optional[Tuple[float, float]] = None
         self._stream_start = 0.0
         self.ended = False
+        self.flooded = 0             # packets dropped on arrival: the queue held max_ms + FLOOD_MARGIN_MS
 
     def mark_ended(self) -> None:
         """The peer closed cleanly: running dry after this is the end, not an underrun."""
@@ -205,6 +215,12 @@ class JitterBuffer:
             self.ended = False
             self._queue.append(_Packet(payload, duration_ms, now_ms))
             self._fill_ms += duration_ms
+            # The playout trims to max_ms one device frame at a time; a peer sending
+            # faster than that must not grow the queue without bound: past
+            # max_ms + FLOOD_MARGIN_MS the oldest packets go at once (counted).
+            while self._fill_ms > self.settings.max_ms + FLOOD_MARGIN_MS and len(self._queue) > 1:
+                self._fill_ms -= self._queue.popleft().duration_ms
+                self.flooded += 1
 
     def pop(self) -> Optional[_Packet]:
         with self._lock:

@@ -169,6 +169,7 @@ def run(settings: ListenSettings) -> int:
             "inserted": p.inserted,
             "crossfaded": p.crossfaded,
             "overflow": p.overflow,
+            "flooded": buffer.flooded,   # packets dropped on arrival from a peer sending too fast
             "skipped": p.skipped,
             "wait_ms_mean": p.mean_wait_ms(),
             "underrun_at_s": p.underrun_at_s,

@@ -16,6 +16,7 @@ import argparse
 import logging
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -208,8 +209,11 @@ class Painter:
         self.fb, self.at, self.counters = fb, at, counters
         self.codec = Codec.open()
         self.room = (fb.geometry.width - at[0], fb.geometry.height - at[1])
-        self.scales: Dict[Tuple[int, int], Tuple[int, int]] = {}
-        self.buffers: Dict[Tuple[int, int], Any] = {}
+        # Per frame size: its scale and a decode buffer. A stream changes size rarely;
+        # a peer claiming a new size per frame must not grow these: the newest
+        # SIZES_KEPT sizes are kept (least recently used goes).
+        self.scales: "OrderedDict[Tuple[int, int], Tuple[int, int]]" = OrderedDict()
+        self.buffers: "OrderedDict[Tuple[int, int], Any]" = OrderedDict()
 
     def scale_for(self, width: int, height: int) -> Tuple[int, int]:
         from pi2pi.video.jpeg import fit_scale
@@ -221,6 +225,7 @@ class Painter:
             self.counters.scale = f"{scale[0]}/{scale[1]}"
             log.info("frames of %dx%d shown at scale %d/%d in %dx%d at %d,%d",
                      width, height, scale[0], scale[1], self.room[0], self.room[1], *self.at)
+        keep_newest(self.scales, key)
         return self.scales[key]
 
     def paint(self, item: Received) -> bool:
@@ -238,6 +243,7 @@ class Painter:
             if dst is None:
                 channels = 3 if self.fb.geometry.bpp == 24 else 4
                 dst = self.buffers[shape] = np.empty(shape + (channels,), dtype=np.uint8)
+            keep_newest(self.buffers, shape)
             picture, warnings = self.codec.decode(item.payload, self.fb.pixel_format, scale, dst=dst)
         except JpegError as err:
             counters.corrupt += 1
@@ -259,6 +265,16 @@ class Painter:
             counters.cpu_start = time.process_time()
         counters.last_paint = painted
         return True
+
+
+SIZES_KEPT = 4
+
+
+def keep_newest(cache: "OrderedDict[Any, Any]", key: Any) -> None:
+    """Mark key as just used; forget the least recently used beyond SIZES_KEPT."""
+    cache.move_to_end(key)
+    while len(cache) > SIZES_KEPT:
+        cache.popitem(last=False)
 
 
 def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any]) -> Dict[str, Any]:
