@@ -56,7 +56,8 @@ DIGEST_SIZE = 32
 CHALLENGE_SIZE = len(CHALLENGE_MAGIC) + 1 + NONCE_SIZE
 ANSWER_SIZE = len(ANSWER_MAGIC) + NONCE_SIZE + DIGEST_SIZE
 PROOF_SIZE = len(PROOF_MAGIC) + DIGEST_SIZE
-SIOCOUTQ = 0x5411  # bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ)
+SIOCOUTQ = 0x5411     # bytes in the send queue not yet acknowledged by the peer (TIOCOUTQ)
+SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (Linux >= 2.6.38)
 HANDSHAKE_TIMEOUT_S = 5.0   # the whole handshake, not each read
 MAX_PENDING = 8             # handshakes a listener runs at once; more dialers are turned away
 POLL_S = 0.2                # the longest any wait here keeps a stop request waiting
@@ -169,13 +170,25 @@ def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-def unacked_bytes(sock: socket.socket) -> int:
-    """Bytes written to the socket that the peer has not acknowledged yet (0 if unknown)."""
+def _queued(sock: socket.socket, request: int) -> Optional[int]:
     try:
-        raw = fcntl.ioctl(sock.fileno(), SIOCOUTQ, struct.pack("i", 0))
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, struct.pack("i", 0)))[0]
     except OSError:
-        return 0
-    return struct.unpack("i", raw)[0]
+        return None
+
+
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes written to the socket that the peer has not acknowledged yet, in flight
+    included (0 if unknown): how far the peer is behind (the camera's pacing)."""
+    return _queued(sock, SIOCOUTQ) or 0
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes written to the socket that have not left yet (SIOCOUTQNSD): what waits
+    behind a slow link, not what is merely in flight on a long one (talk's backlog).
+    Where the kernel cannot say, the unacknowledged bytes stand in."""
+    unsent = _queued(sock, SIOCOUTQNSD)
+    return unacked_bytes(sock) if unsent is None else unsent
 
 
 def peer_hung_up(sock: socket.socket) -> bool:

@@ -190,7 +190,9 @@ def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, captu
                 continue
             packet = encoder.encode(pcm)
             frame = wire.pack_audio_frame(packet)
-            queued = net.unacked_bytes(sock)
+            # What waits to leave, not what is in flight: a 300 ms round trip holds
+            # 300 ms of audio in flight on a healthy link, and that must not count.
+            queued = net.unsent_bytes(sock)
             queued_ms = queued / mean_frame_bytes * codec.frame_ms
             backlog.add(queued_ms)
             if queued_ms > settings.max_backlog_ms:
