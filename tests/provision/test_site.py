@@ -51,6 +51,7 @@ def expected_rules(natpi_public: str) -> List[str]:
     template = jinja2.Template((REPO / "files/iptables.rules").read_text(), trim_blocks=True)
     text = template.render(
         gateway_nat_natpi_public_address=natpi_public,
+        gateway_nat_public_address=GW,
         gateway_nat_gwpi_address=GWPI,
         gateway_nat_forwards=[{"name": n, "port": p} for n, p in FORWARDS.items()],
         gateway_nat_forward_gwpi_out=True,
@@ -218,6 +219,38 @@ def test_unconfirmed_apply_rolls_back_by_itself(lab: Lab, provisioned: None) -> 
     lab.run("gw", "/usr/local/sbin/pi2pi-firewall boot")
     live = lab.run("gw", "iptables-save").stdout.splitlines()
     assert sorted(line for line in live if line.startswith("-A PI2PI-")) == sorted(expected_rules(ADDR["natpi_public"]))
+
+
+def test_the_firewall_backup_is_roots_alone(lab: Lab, provisioned: None) -> None:
+    # The first run applied the rules, so the backup of the gateway's whole firewall exists.
+    modes = lab.run("gw", "stat -c '%a %U' /var/lib/pi2pi-firewall /var/lib/pi2pi-firewall/iptables.before").stdout
+    assert modes.split("\n")[:2] == ["700 root", "600 root"], modes
+
+
+def test_only_what_is_addressed_to_the_public_address_is_dnated(lab: Lab, media_listeners: None) -> None:
+    # natpi's address, but the gateway's LAN address as the destination (routed to gw
+    # by the ISP): not DNATed to gwpi, while the same port at the public address is.
+    lab.run("isp", f"ip route replace 10.0.0.0/24 via {GW}")
+    try:
+        lan_side = lab.run("natpi", "timeout 4 socat -u TCP:10.0.0.1:22,connect-timeout=3 - | head -c 20",
+                           check=False).stdout
+    finally:
+        lab.run("isp", "ip route del 10.0.0.0/24")
+    public = reach(lab, "natpi", [FORWARDS["tunnel-ssh"]])[FORWARDS["tunnel-ssh"]]
+    assert public.startswith("SSH-2.0-"), public
+    assert lan_side == "", lan_side
+
+
+def test_gwpi_sshd_probes_and_locks_down_only_the_tunnel_user(lab: Lab, provisioned: None) -> None:
+    def effective(user: str) -> Dict[str, str]:
+        out = lab.run("gwpi", f"sshd -T -C user={user},host=natpi,addr={ADDR['natpi_public']}").stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    tunnel, pi = effective("pi2pi-tunnel"), effective("pi")
+    assert (tunnel["clientaliveinterval"], tunnel["clientalivecountmax"]) == ("5", "3"), tunnel
+    assert tunnel["passwordauthentication"] == "no" and tunnel["kbdinteractiveauthentication"] == "no"
+    # Everyone else keeps the site's own settings (sshd's defaults here).
+    assert pi["clientaliveinterval"] == "0", pi
 
 
 def test_units_pass_systemd_analyze_verify(lab: Lab, provisioned: None) -> None:
