@@ -74,3 +74,23 @@ def test_help_shows_each_default_from_the_settings_dataclass(capsys):
     # The one place a default is written is the dataclass: the help reads it.
     assert f"(default: {camera.Settings.inflight})" in shown["camera"].split("--inflight FRAMES", 1)[1]
     assert f"(default: {audio.ListenSettings.buffer})" in shown["listen"].split("--buffer MS", 1)[1]
+
+
+@pytest.mark.parametrize("section, line, message", [
+    ("camera", "quality = 0", "[camera] quality 0: want 1..100"),
+    ("talk", "rate = 44100", "[talk] rate 44100: Opus takes"),
+    ("viewer", "at = 208", "[viewer] --at '208': want X,Y"),
+    ("call", "side = moon", "[call] call.side 'moon'"),
+])
+def test_config_check_applies_each_programs_own_validation(tmp_path, capsys, section, line, message):
+    """What provisioning runs on every rendered config: a bad value fails there, naming it,
+    not at call time."""
+    from pi2pi import cli
+
+    endpoint = "" if section == "call" else "listen = 5000\n"
+    path = tmp_path / "pi2pi.conf"
+    path.write_text(f"[{section}]\n{endpoint}{line}\n")
+    assert cli.main(["config", "--check", "--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    path.write_text(f"[{section}]\n{endpoint}")   # control: the same file without the bad line passes
+    assert cli.main(["config", "--check", "--config", str(path)]) == 0
