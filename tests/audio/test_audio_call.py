@@ -22,6 +22,7 @@ import pytest
 from pi2pi import net, wire
 from pi2pi.audio.codec import CodecSettings, Encoder
 from tests.audio import analysis, harness
+from tests.video.helpers import rss_kb
 
 RATE = 48000
 # This machine is shared (VMs, the lab) and these devices are paced by the wall
@@ -391,11 +392,9 @@ def test_a_peer_sending_faster_than_real_time_does_not_grow_listen(tmp_path):
                 time.sleep(0.02)
 
         send_and_settle(5_000)                                  # 100 s of audio at once
-        settled = int(next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                           if l.startswith("VmRSS:")).split()[1])
+        settled = rss_kb(proc.pid)
         send_and_settle(100_000)                                # 2000 s more
-        peak = int(next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                        if l.startswith("VmHWM:")).split()[1])
+        peak = rss_kb(proc.pid, "VmHWM")
     stats = stop_listen(tmp_path, proc)
     # 100 000 more packets kept would be ~20 MB; the buffer holds at most buffer_max + 5 s.
     assert peak - settled < 8_000, f"listen grew from {settled} kB to a peak of {peak} kB"

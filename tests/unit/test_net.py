@@ -265,6 +265,12 @@ def test_failed_dials_back_off_instead_of_a_tight_loop():
     assert len(stop.delays) == 5 and stop.delays[-1] > 2 * stop.delays[0], stop.delays
 
 
+def silent_has_a_dialer(server: socket.socket) -> bool:
+    """A connection waits in the listening socket's backlog (it is readable)."""
+    import select
+    return bool(select.select([server], [], [], 0)[0])
+
+
 def test_a_stop_request_wins_over_a_silent_listener():
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -274,7 +280,10 @@ def test_a_stop_request_wins_over_a_silent_listener():
     dialer = threading.Thread(target=lambda: result.append(net.dial("127.0.0.1", silent.getsockname()[1],
                                                                    stop, TOKEN, "video")))
     dialer.start()
-    time.sleep(0.3)   # the dialer is inside its handshake now (it waits 5 s for a challenge)
+    deadline = time.monotonic() + 5   # until the kernel has completed the dialer's connection:
+    while not silent_has_a_dialer(silent) and time.monotonic() < deadline:   # it now waits for a challenge
+        time.sleep(0.01)
+    assert silent_has_a_dialer(silent)
     stop.set()
     dialer.join(2)
     assert not dialer.is_alive() and result == [None]

@@ -94,3 +94,9 @@ def label_at(rgb: np.ndarray, at: Tuple[int, int], shown: Tuple[int, int], frame
 
 def expected_host(name: Optional[str] = None) -> str:
     return (name or socket.gethostname())[: testpattern.HOST_CHARS].upper()
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (VmRSS) or its peak (VmHWM), in kB, from /proc."""
+    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith(field + ":")).split()[1])

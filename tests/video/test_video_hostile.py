@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pi2pi import net, wire
-from tests.video.helpers import Program, fb_rgb, free_port, label_at, read_stats
+from tests.video.helpers import Program, fb_rgb, free_port, label_at, read_stats, rss_kb
 
 TOKEN = b"hostile-test-token-0123456789"
 GEOMETRY = "320x240x32"
@@ -185,9 +185,8 @@ def test_each_bad_peer_is_logged_closed_and_counted_and_the_viewer_keeps_serving
         line = viewer.wait_for(message)
         assert "WARNING" in line, line
         send_good_frame_and_check(viewer, tmp_path, f"good-after-{number}", number)
-    rss_kb = int(next(line for line in Path(f"/proc/{viewer.proc.pid}/status").read_text().splitlines()
-                      if line.startswith("VmRSS")).split()[1])
-    assert rss_kb < 300_000, f"viewer grew to {rss_kb} kB"  # a length field allocated nothing
+    rss = rss_kb(viewer.proc.pid)
+    assert rss < 300_000, f"viewer grew to {rss} kB"  # a length field allocated nothing
     assert viewer.stop() == 0
     stats = read_stats(tmp_path / "stats", "viewer")
     assert stats["corrupt"] + stats["unproven"] == len(CASES) and stats["unproven"] == 2   # the token cases
@@ -212,11 +211,6 @@ def test_a_second_dialer_is_refused_while_a_peer_is_served(viewer: Program, tmp_
     assert viewer.stop() == 0
     stats = read_stats(tmp_path / "stats", "viewer")
     assert stats["refused"] == 1 and stats["corrupt"] == 0 and stats["frames"] == 2
-
-
-def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                    if line.startswith(field + ":")).split()[1])
 
 
 def test_a_new_frame_size_every_frame_does_not_grow_the_viewer(viewer: Program, tmp_path: Path) -> None:
