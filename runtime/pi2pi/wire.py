@@ -11,7 +11,14 @@ Audio: the seed's framing exactly: one byte holding the Opus packet's length
 (1..255), then the packet. A zero length carries no packet.
 
 Readers never allocate what a length field claims before checking it against a
-limit the reader sets, and give up on a peer that stalls mid-frame.
+limit the reader sets, and give up on a peer that stalls mid-frame. Once a
+frame's first byte has arrived, every later byte must come within `stall_s` of
+the one before, and the whole frame (header and JPEG; length byte and packet)
+within a deadline of its first byte: otherwise `Stalled`, and the reader drops
+that peer. The per-byte limit alone let a peer trickle one byte every
+`stall_s` - epsilon and hold a frame (and the one-peer program) open forever.
+The deadline is the reader's to choose: the viewer's --frame-deadline-s (a
+frame may be megabytes on a slow link), `stall_s` for audio (at most 256 bytes).
 """
 from __future__ import annotations
 
@@ -39,14 +46,26 @@ class PeerClosed(Exception):
 
 
 class Stalled(Exception):
-    """The peer started a frame and then sent nothing for too long."""
+    """The peer started a frame and then paused too long, or did not finish it in time."""
 
 
-def recv_exact(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optional[float] = None) -> bytes:
-    """Read exactly `size` bytes.
+def recv_exact(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optional[float] = None,
+               deadline_s: Optional[float] = None) -> bytes:
+    """Read exactly `size` bytes: a frame of its own (see `_receive`; the deadline
+    `deadline_s` defaults to `stall_s`)."""
+    return _receive(sock, size, stall_s, first_wait_s, stall_s if deadline_s is None else deadline_s)[0]
 
-    Waiting for the first byte may take `first_wait_s` (None: forever); once
-    a frame has started, every later byte must come within `stall_s`.
+
+def _receive(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optional[float], deadline_s: float,
+             complete_by: Optional[float] = None) -> Tuple[bytes, float]:
+    """Exactly `size` bytes of a frame, and the time (time.monotonic()) by which
+    the whole frame must have arrived.
+
+    Without `complete_by` these bytes begin the frame: waiting for the first may
+    take `first_wait_s` (None: forever; socket.timeout when it runs out), and the
+    frame must be whole `deadline_s` after it. With `complete_by` the frame began
+    in an earlier read. Inside a frame every byte must come within `stall_s` of the
+    one before and all of them by `complete_by`, else Stalled.
     """
     buf = bytearray(size)
     view = memoryview(buf)
@@ -54,23 +73,35 @@ def recv_exact(sock: socket.socket, size: int, stall_s: float, first_wait_s: Opt
     started_at = time.monotonic()
     timeout: Optional[float] = -1.0  # what the socket is set to; set only on change (a syscall each)
     while got < size:
-        if got == 0 and first_wait_s is not None:
-            want: Optional[float] = max(0.001, first_wait_s - (time.monotonic() - started_at))
+        now = time.monotonic()
+        if complete_by is None:
+            want: Optional[float] = None if first_wait_s is None else max(0.001, first_wait_s - (now - started_at))
         else:
-            want = None if got == 0 else stall_s
+            left = complete_by - now
+            if left <= 0:
+                raise _too_slow(deadline_s, got, size)
+            want = min(stall_s, left)
         if want != timeout:
             sock.settimeout(want)
             timeout = want
         try:
             n = sock.recv_into(view[got:], size - got)
         except socket.timeout:
-            if got == 0:
+            if complete_by is None:
                 raise
+            if time.monotonic() >= complete_by:
+                raise _too_slow(deadline_s, got, size) from None
             raise Stalled(f"peer stalled after {got} of {size} bytes") from None
         if n == 0:
-            raise PeerClosed(partial=got > 0)
+            raise PeerClosed(partial=complete_by is not None)
+        if complete_by is None:
+            complete_by = time.monotonic() + deadline_s
         got += n
-    return bytes(buf)
+    return bytes(buf), complete_by if complete_by is not None else started_at + deadline_s
+
+
+def _too_slow(deadline_s: float, got: int, size: int) -> Stalled:
+    return Stalled(f"peer did not finish the frame within {deadline_s:.1f} s of its first byte ({got} of {size} bytes)")
 
 
 def now_us() -> int:
@@ -99,15 +130,18 @@ def parse_video_header(raw: bytes, max_length: int) -> VideoHeader:
 
 
 def read_video_frame(
-    sock: socket.socket, max_length: int, stall_s: float, first_wait_s: Optional[float] = None
+    sock: socket.socket, max_length: int, stall_s: float, first_wait_s: Optional[float] = None,
+    deadline_s: Optional[float] = None,
 ) -> Tuple[VideoHeader, bytes]:
-    header = parse_video_header(recv_exact(sock, VIDEO_HEADER.size, stall_s, first_wait_s), max_length)
+    """The next frame; header and JPEG must be whole within `deadline_s` (default
+    `stall_s`) of the header's first byte."""
+    deadline_s = stall_s if deadline_s is None else deadline_s
+    raw, complete_by = _receive(sock, VIDEO_HEADER.size, stall_s, first_wait_s, deadline_s)
+    header = parse_video_header(raw, max_length)
     try:
-        payload = recv_exact(sock, header.length, stall_s, first_wait_s=stall_s)
-    except socket.timeout:
-        raise Stalled(f"peer stalled after the header of frame {header.seq}") from None
-    except PeerClosed:
-        raise PeerClosed(partial=True) from None
+        payload, _ = _receive(sock, header.length, stall_s, None, deadline_s, complete_by)
+    except Stalled as err:
+        raise Stalled(f"frame {header.seq}: {err}") from None
     return header, payload
 
 
@@ -118,13 +152,9 @@ def pack_audio_frame(packet: bytes) -> bytes:
 
 
 def read_audio_frame(sock: socket.socket, stall_s: float, first_wait_s: Optional[float] = None) -> bytes:
-    """The next packet; b"" for a zero length byte (the caller counts it)."""
-    length = recv_exact(sock, 1, stall_s, first_wait_s)[0]
-    if length == 0:
+    """The next packet; b"" for a zero length byte (the caller counts it). Length
+    byte and packet (at most 256 bytes) must be whole within `stall_s` of the first."""
+    raw, complete_by = _receive(sock, 1, stall_s, first_wait_s, stall_s)
+    if raw[0] == 0:
         return b""
-    try:
-        return recv_exact(sock, length, stall_s, first_wait_s=stall_s)
-    except socket.timeout:
-        raise Stalled("peer stalled after a length byte") from None
-    except PeerClosed:
-        raise PeerClosed(partial=True) from None
+    return _receive(sock, raw[0], stall_s, None, stall_s, complete_by)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,6 +18,8 @@ from tests.video.helpers import Program, fb_rgb, free_port, label_at, read_stats
 
 TOKEN = b"hostile-test-token-0123456789"
 GEOMETRY = "320x240x32"
+STALL_S = 0.5            # the viewer's --stall-s here
+FRAME_DEADLINE_S = 2.0   # and its --frame-deadline-s
 
 
 def pillow_jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
@@ -72,7 +75,8 @@ def viewer(tmp_path: Path):
     (tmp_path / "token").write_bytes(TOKEN)
     (tmp_path / "token").chmod(0o600)
     program = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", "fb.raw", "--fb-geometry", GEOMETRY,
-                       "--stats", "stats", "--token-file", "token", "--stall-s", "0.5", "--max-frame", "1000000"],
+                       "--stats", "stats", "--token-file", "token", "--stall-s", str(STALL_S),
+                       "--frame-deadline-s", str(FRAME_DEADLINE_S), "--max-frame", "1000000"],
                       tmp_path)
     program.wait_for("listening on")
     program.port = port  # type: ignore[attr-defined]
@@ -238,3 +242,54 @@ def test_a_new_frame_size_every_frame_does_not_grow_the_viewer(viewer: Program, 
     assert stats["received"] == len(frames) and stats["frames"] >= len(frames) // 2, stats
     # 150+ painted sizes x up to 300 kB of buffer each would be 40 MB and more.
     assert peak - settled < 12_000, f"the viewer grew from {settled} kB to a peak of {peak} kB"
+
+
+def test_a_peer_trickling_a_frame_is_dropped_at_the_frame_deadline_and_a_camera_then_gets_in(
+        viewer: Program, tmp_path: Path) -> None:
+    """One byte every 0.2 s never pauses for --stall-s, but the frame is not whole
+    --frame-deadline-s after its first byte: that peer used to hold the viewer for good."""
+    sock = dial(viewer.port)  # type: ignore[attr-defined]
+    payload = pillow_jpeg()
+    frame = header(1, len(payload)) + payload   # 2 minutes at this pace
+    first_sent: list = []
+    done = threading.Event()
+
+    def trickle() -> None:
+        for byte in frame:
+            try:
+                sock.send(bytes((byte,)))
+            except OSError:
+                return   # the viewer (or the test) closed it
+            if not first_sent:
+                first_sent.append(time.monotonic())
+            if done.wait(STALL_S * 0.4):
+                return
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    closed = closed_by_viewer(sock, within_s=FRAME_DEADLINE_S + 5)
+    dropped_after = time.monotonic() - first_sent[0]
+    done.set()
+    trickler.join(2)
+    assert closed, "the trickling peer was never dropped\n" + viewer.log()
+    assert FRAME_DEADLINE_S - 0.1 <= dropped_after <= FRAME_DEADLINE_S + 1.5, \
+        f"dropped {dropped_after:.2f} s after its first byte (deadline {FRAME_DEADLINE_S} s)"
+    assert "WARNING" in viewer.wait_for(f"did not finish the frame within {FRAME_DEADLINE_S:.1f} s")
+
+    camera = Program(["camera", "--connect", f"127.0.0.1:{viewer.port}", "--token-file", "token",  # type: ignore[attr-defined]
+                      "--source", "testpattern", "--size", "320x240", "--fps", "10", "--label", "real-camera",
+                      "--stats", "camera-stats"], tmp_path)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240))[0] == "REAL-CAMERA":
+                break
+        except ValueError:
+            pass
+        assert time.monotonic() < deadline, "the camera's frames were never painted:\n" + viewer.log() + \
+            "\n" + camera.log()
+        time.sleep(0.05)
+    assert camera.stop() == 0, camera.log()
+    assert viewer.stop() == 0, viewer.log()
+    stats = read_stats(tmp_path / "stats", "viewer")
+    assert stats["corrupt"] == 1 and stats["frames"] >= 1 and stats["reconnects"] == 1, stats

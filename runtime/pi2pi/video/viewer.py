@@ -9,6 +9,15 @@ painter: on a busy 2-core machine the hand-over between two Python threads
 cost more CPU and tail latency than the draining does.) Bytes that break the
 protocol close that connection with a log line; the viewer keeps serving and
 takes the next peer.
+
+A peer is dropped (`corrupt` counted) when it pauses --stall-s (2 s) inside a
+frame or when a frame is not whole --frame-deadline-s (10 s) after its first
+byte, however steadily it trickles. The deadline is not --stall-s because a
+legitimate frame may be large on a slow link: 10 s carries a 1 MB frame at
+0.8 Mbit/s and the largest (--max-frame, 4 MiB) at 3.4 Mbit/s, while the
+benchmark's rate-limited link (half a 640x480 stream's bitrate, ~3.3 Mbit/s)
+carries its ~28 kB frames in under 0.1 s; the camera itself gives up on a frame
+it cannot hand to its kernel within its own --stall-s (5 s).
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ class Settings(config.Common):
     console: str = "/dev/tty0"          # put in graphics mode while showing ("" leaves it alone)
     max_frame: int = 4 << 20            # bytes; a longer frame closes the connection
     stall_s: float = 2.0                # a peer that pauses this long in the middle of a frame is dropped
+    frame_deadline_s: float = 10.0      # a frame not whole this long after its first byte drops the peer
     peer_timeout_s: float = 10.0        # a connected peer that sends no frame for this long is dropped
     once: bool = False                  # end when the first peer goes away (instead of waiting for the next)
 
@@ -47,8 +57,9 @@ class Settings(config.Common):
         super().validate()
         if not 1024 <= self.max_frame <= 64 << 20:
             raise config.ConfigError(f"max_frame {self.max_frame}: want 1024..{64 << 20}")
-        if self.stall_s <= 0 or self.peer_timeout_s <= 0 or self.snapshot_every < 0:
-            raise config.ConfigError("stall_s and peer_timeout_s must be positive, snapshot_every >= 0")
+        if self.stall_s <= 0 or self.frame_deadline_s <= 0 or self.peer_timeout_s <= 0 or self.snapshot_every < 0:
+            raise config.ConfigError("stall_s, frame_deadline_s and peer_timeout_s must be positive, "
+                                     "snapshot_every >= 0")
         parse_at(self.at)
 
 
@@ -66,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a longer frame closes the connection")
     parser.add_argument("--stall-s", dest="stall_s", type=float, default=S, metavar="S",
                         help="drop a peer that pauses this long inside a frame")
+    parser.add_argument("--frame-deadline-s", dest="frame_deadline_s", type=float, default=S, metavar="S",
+                        help="drop a peer whose frame is not whole this long after its first byte")
     parser.add_argument("--peer-timeout-s", dest="peer_timeout_s", type=float, default=S, metavar="S",
                         help="drop a peer that sends no frame for this long")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
@@ -114,6 +127,7 @@ class Receiver:
         self.link, self.painter, self.counters, self.run = link, painter, counters, run
         self.max_frame = settings.max_frame
         self.stall_s = settings.stall_s
+        self.frame_deadline_s = settings.frame_deadline_s
         self.peer_timeout_s = settings.peer_timeout_s
         self.once = settings.once
         self.snapshot_path = settings.snapshot
@@ -146,7 +160,8 @@ class Receiver:
                 last_refusal_check = now
                 self.periodic_snapshot()
             try:
-                header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2)
+                header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2,
+                                                        deadline_s=self.frame_deadline_s)
             except socket.timeout:
                 if time.monotonic() - last_frame_at > self.peer_timeout_s:
                     log.warning("closing the connection: no frame for %.1f s", self.peer_timeout_s)
