@@ -4,8 +4,9 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 LAB   := $(PY) -m tests.lab
+FUZZ_RUNS ?= 100000
 
-.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio lock
+.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio fuzz memcheck lock
 
 help:
 	@echo "make setup        Debian packages + .venv (every other target runs it)"
@@ -13,6 +14,8 @@ help:
 	@echo "make demo         the lab end to end: provision, call, hang up, stats"
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark"
+	@echo "make fuzz         fuzz each parser long (FUZZ_RUNS=$(FUZZ_RUNS) inputs each; make test runs a short one)"
+	@echo "make memcheck     valgrind memcheck of camera->viewer and talk->listen: no leaks in the native libraries"
 
 setup:
 	@scripts/setup.sh apt-packages-hw.txt
@@ -43,6 +46,15 @@ bench-video: setup
 
 bench-audio: setup
 	$(PY) -m tests.bench.audio
+
+# Every target, even after one found something; fails if any did.
+fuzz: setup
+	@status=0; for target in video audio handshake; do \
+		$(PY) -m tests.fuzz $$target --runs $(FUZZ_RUNS) || status=1; \
+	done; exit $$status
+
+memcheck: setup
+	$(PY) -m tests.memcheck
 
 lock:
 	$(VENV)/bin/pip freeze --local --exclude-editable | sed '1i # Full pin set of the controller venv (pip freeze --local); regenerate with `make lock`.' > constraints.txt
