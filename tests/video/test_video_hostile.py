@@ -8,9 +8,10 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 import pytest
+import turbojpeg
 from PIL import Image
 
 from pi2pi import net, wire
@@ -22,10 +23,32 @@ STALL_S = 0.5            # the viewer's --stall-s here
 FRAME_DEADLINE_S = 2.0   # and its --frame-deadline-s
 
 
-def pillow_jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
+def pillow_jpeg(color=(200, 30, 30), size=(64, 48), progressive: bool = False) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "JPEG", quality=80)
+    Image.new("RGB", size, color).save(out, "JPEG", quality=80, progressive=progressive)
     return out.getvalue()
+
+
+def jpeg_scans(data: bytes) -> List[Tuple[int, int]]:
+    """Where each scan of a JPEG starts and ends: its SOS segment and the entropy-coded data after it."""
+    scans, i = [], 2
+    while data[i + 1] != 0xD9:
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if data[i + 1] == 0xDA:
+            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 1
+            scans.append((i, end))
+        i = end
+    return scans
+
+
+def many_scans_jpeg(size=(640, 480), scans: int = 5000) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has `scans` of them:
+    libjpeg only warns about the repeats and decodes every one (61 kB at 640x480)."""
+    data = pillow_jpeg((90, 140, 200), size, progressive=True)
+    found = jpeg_scans(data)
+    start, end = found[-1]
+    return data[:end] + data[start:end] * (scans - len(found)) + data[end:]
 
 
 def pattern_jpeg(label: str, seq: int) -> bytes:
@@ -154,6 +177,13 @@ def disconnects_mid_frame(port: int) -> socket.socket:
     return sock
 
 
+def thousands_of_scans(port: int) -> socket.socket:
+    sock = dial(port)
+    payload = many_scans_jpeg()
+    sock.sendall(header(1, len(payload)) + payload)
+    return sock
+
+
 def wrong_token(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     with pytest.raises(net.HandshakeError):
@@ -174,6 +204,7 @@ CASES = [
     (not_a_jpeg, "is not a JPEG"),
     (garbage_inside_markers, "unreadable JPEG header"),
     (claims_huge_dimensions, "beyond 4096x4096"),
+    (thousands_of_scans, "5000 scans, beyond the limit"),
     (stalls_mid_frame, "stalled after"),
     (disconnects_mid_frame, "mid-frame"),
     (wrong_token, "not this call's token"),
@@ -293,3 +324,23 @@ def test_a_peer_trickling_a_frame_is_dropped_at_the_frame_deadline_and_a_camera_
     assert viewer.stop() == 0, viewer.log()
     stats = read_stats(tmp_path / "stats", "viewer")
     assert stats["corrupt"] == 1 and stats["frames"] >= 1 and stats["reconnects"] == 1, stats
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_at_once_and_normal_ones_still_decode() -> None:
+    """It decoded, with a warning, in about 2 s (4096x4096: 10 s for 600 scans)."""
+    from pi2pi.video.jpeg import Codec, JpegError
+
+    codec = Codec.open()
+    crafted = many_scans_jpeg()
+    assert len(jpeg_scans(crafted)) == 5000
+    started = time.perf_counter()
+    with pytest.raises(JpegError, match="5000 scans"):
+        codec.decode(crafted, turbojpeg.TJPF_BGRX, None)
+    took = time.perf_counter() - started
+    assert took < 0.1, f"refusing took {took:.3f} s"
+    for progressive, scans in ((False, 1), (True, 10)):
+        normal = pillow_jpeg((90, 140, 200), (320, 240), progressive=progressive)
+        assert len(jpeg_scans(normal)) == scans
+        picture, warnings = codec.decode(normal, turbojpeg.TJPF_RGBX, None)
+        assert picture.shape == (240, 320, 4) and warnings == []
+        assert abs(picture[..., :3].reshape(-1, 3).mean(axis=0) - (90, 140, 200)).max() < 3
