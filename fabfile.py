@@ -101,6 +101,9 @@ def status(c, json_=False):
             print(f"  call {call_['call']}: {call_['state']}")
             for program, p in call_["programs"].items():
                 print(f"    {program}: {p['state']}")
+        for direction, media in found["media"].items():
+            again = f", {media['reconnects']} reconnects" if media["reconnects"] else ""
+            print(f"{direction}: " + (f"up{again}" if media["up"] else f"DOWN: {'; '.join(media['why'])}{again}"))
         address = found.get("address")
         if address is None:
             print("gateway: none in the inventory")

@@ -28,6 +28,12 @@ from controller.remote import Connections, Remote, Say, Unreachable
 from controller.site import Site
 
 SIDES = ("natpi", "gwpi")
+DIRECTIONS = {   # the programs of a direction: (sender side, program), (receiver side, program)
+    "video natpi -> gwpi": (("natpi", "camera"), ("gwpi", "viewer")),
+    "video gwpi -> natpi": (("gwpi", "camera"), ("natpi", "viewer")),
+    "audio natpi -> gwpi": (("natpi", "talk"), ("gwpi", "listen")),
+    "audio gwpi -> natpi": (("gwpi", "talk"), ("natpi", "listen")),
+}
 SETUP_TIMEOUT_S = 30.0   # from the dialers' start to media both ways
 
 
@@ -302,7 +308,9 @@ class Controller:
     def site_status(self) -> Dict[str, Any]:
         sides = self.ask_pis(tolerate_unreachable=True)
         report: Dict[str, Any] = {"inventory": self.site.inventory,
-                                  "pis": {s.name: {"side": k, **s.status} for k, s in sides.items()}}
+                                  "pis": {s.name: {"side": k, **s.status} for k, s in sides.items()},
+                                  "media": media_state({k: s.call for k, s in sides.items()},
+                                                       {k: s.name for k, s in sides.items()})}
         try:
             found = self.gateway_check()
         except (CallFailed, Unreachable) as err:
@@ -313,3 +321,40 @@ class Controller:
                 report["address"] = {"natpi_seen_as": seen_as, "dnat_accepts": accepted,
                                      "in_step": seen_as in accepted}
         return report
+
+
+def media_state(calls: Dict[str, Optional[Dict[str, Any]]], names: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """Each direction of the call as both ends see it now (from each side's `pi2pi status`).
+
+    A direction is up when its sender and its receiver both run and are connected
+    to a peer; otherwise it is down, and `why` names each end that is not: ended
+    (how), gone with its supervisor, or dialing/listening again. A side without a
+    call, or not reached, is named too. Directions neither side runs are left out.
+    """
+    found: Dict[str, Dict[str, Any]] = {}
+    for direction, ends in DIRECTIONS.items():
+        if not any((calls.get(side) or {}).get("programs", {}).get(program) for side, program in ends):
+            continue   # not part of this call (video-only, audio-only) or no call at all
+        why: List[str] = []
+        for side, program in ends:
+            host = names.get(side, side)
+            if side not in calls:
+                why.append(f"{side} not reached")
+                continue
+            call = calls[side]
+            p = (call or {}).get("programs", {}).get(program)
+            if call is None:
+                why.append(f"{host} has no call up")
+            elif call.get("supervisor") != "running":
+                why.append(f"{host}'s supervisor is gone")
+            elif p is None:
+                why.append(f"{host}'s {program} is not part of its call")
+            elif not p.get("running"):
+                why.append(f"{host}'s {program} {p.get('state')}"
+                           + (f" ({p['error']})" if p.get("error") else ""))
+            elif not str(p.get("state", "")).startswith("connected"):
+                why.append(f"{host}'s {program} is {p.get('state')}")
+        reconnects = sum(int(((calls.get(side) or {}).get("programs", {}).get(program) or {}).get("reconnects") or 0)
+                         for side, program in ends)
+        found[direction] = {"up": not why, "why": why, "reconnects": reconnects}
+    return found

@@ -219,6 +219,18 @@ def tunnel_state(settings: Settings, dial_ports: List[int]) -> Dict[str, Any]:
     return {"up": None, "detail": "seen from gwpi (the direct transport does not use it for media)"}
 
 
+def ended(exit_code: Optional[int]) -> str:
+    """A program that is not running, in a user's words (a negative code is the signal)."""
+    if exit_code is None:
+        return "not running"
+    if exit_code < 0:
+        try:
+            return f"ended: killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"ended: killed by signal {-exit_code}"
+    return f"ended (exit {exit_code})"
+
+
 def call_status(settings: Settings) -> Optional[Dict[str, Any]]:
     record = current(settings)
     if record is None:
@@ -230,10 +242,9 @@ def call_status(settings: Settings) -> Optional[Dict[str, Any]]:
         live = read_json(call_dir / f"{name}.live.json") or {}
         running = p.get("exit") is None and pid_alive(int(p.get("pid", 0)))
         programs[name] = {"running": running, "exit": p.get("exit"),
-                          "state": live.get("state") if running else
-                          f"ended (exit {p['exit']})" if p.get("exit") is not None else "not running",
+                          "state": live.get("state") if running else ended(p.get("exit")),
                           **{k: v for k, v in live.items() if k not in ("schema", "program", "state")}}
-        if not running and p.get("exit"):
+        if not running and (p.get("exit") or 0) > 0:   # a signal's death leaves no last word
             programs[name]["error"] = last_error(call_dir / f"{name}.log")
     return {"call": record["call"], "supervisor": "running" if record["alive"] else "gone",
             "state": status.get("state", "?") if record["alive"] else "supervisor gone",

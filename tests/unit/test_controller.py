@@ -78,3 +78,47 @@ def test_no_calls_or_an_unknown_call_is_a_clear_message(tmp_path: Path, monkeypa
         report.call_stats("c9")
     with pytest.raises(report.NoStats, match="nothing fetched"):
         report.call_stats("c1")
+
+
+def side_call(programs: dict, supervisor: str = "running") -> dict:
+    return {"call": "c1", "supervisor": supervisor, "programs": programs}
+
+
+CONNECTED = {"running": True, "state": "connected to 10.0.0.2:5010", "reconnects": 0}
+
+
+def test_a_direction_is_up_only_when_both_ends_are_connected() -> None:
+    from controller.call import media_state
+    names = {"natpi": "natpi", "gwpi": "gwpi"}
+    healthy = {n: dict(CONNECTED) for n in ("camera", "viewer", "talk", "listen")}
+    both = media_state({"natpi": side_call(healthy), "gwpi": side_call(healthy)}, names)
+    assert set(both) == {"video natpi -> gwpi", "video gwpi -> natpi", "audio natpi -> gwpi", "audio gwpi -> natpi"}
+    assert all(d["up"] and d["why"] == [] for d in both.values()), both
+
+    # gwpi's programs killed: every direction is down, each naming gwpi's end and
+    # natpi's, which went back to dialing; the reconnects are summed per direction.
+    killed = {n: {"running": False, "state": "ended: killed by SIGKILL"} for n in healthy}
+    dialing = {n: {"running": True, "state": "dialing 198.51.100.243:5010", "reconnects": 1} for n in healthy}
+    down = media_state({"natpi": side_call(dialing), "gwpi": side_call(killed)}, names)
+    assert not any(d["up"] for d in down.values())
+    assert down["video gwpi -> natpi"]["why"] == ["gwpi's camera ended: killed by SIGKILL",
+                                                  "natpi's viewer is dialing 198.51.100.243:5010"]
+    assert down["audio natpi -> gwpi"]["reconnects"] == 1
+
+    # A video-only call has no audio directions; a side without its call or not reached is named.
+    video = {n: dict(CONNECTED) for n in ("camera", "viewer")}
+    one_sided = media_state({"natpi": side_call(video), "gwpi": None}, names)
+    assert set(one_sided) == {"video natpi -> gwpi", "video gwpi -> natpi"}
+    assert one_sided["video natpi -> gwpi"]["why"] == ["gwpi has no call up"]
+    gone = media_state({"natpi": side_call(video), "gwpi": side_call(video, supervisor="gone")}, names)
+    assert gone["video gwpi -> natpi"]["why"] == ["gwpi's supervisor is gone"]
+    unreached = media_state({"natpi": side_call(video)}, names)
+    assert unreached["video natpi -> gwpi"]["why"] == ["gwpi not reached"]
+    assert media_state({"natpi": None, "gwpi": None}, names) == {}
+
+
+def test_a_program_that_ended_is_described_by_how() -> None:
+    from pi2pi.call import ended
+    assert ended(None) == "not running"
+    assert ended(-9) == "ended: killed by SIGKILL"
+    assert ended(2) == "ended (exit 2)"
