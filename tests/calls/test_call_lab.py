@@ -14,48 +14,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import wave
 from typing import Dict, Iterator, Tuple
 
-import numpy as np
 import pytest
 
-from pi2pi.audio import testsignal
+from tests.calls.lab_call import (GW, PORTS, STORE, directions, fab, far_picture_moves, heard,
+                                  last_call, provision, shows)
 from tests.calls.sides import wait_for
-from tests.lab.lab import ADDR, Lab
-from tests.provision.helpers import REPO, build_wheelhouse, playbook_command
-from tests.video.helpers import fb_rgb, label_at
-
-GW = ADDR["gw_public"]
-TUNNEL_UNIT = "/etc/systemd/system/pi2pi-tunnel.service"
-FB, FB_GEOMETRY, AT, FRAME = "/var/lib/pi2pi/fb", "800x480x32", (208, 36), (320, 240)
-STORE = "/home/pi/.local/state/pi2pi/controller"
-PORTS = {"video_natpi_to_gwpi": 5010, "video_gwpi_to_natpi": 5000, "audio_natpi_to_gwpi": 1350,
-         "audio_gwpi_to_natpi": 1360}
-
-
-def fab(lab: Lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`.venv/bin/fab ARGS` on natpi as pi, from the repository (the controller)."""
-    command = f"cd {REPO} && .venv/bin/fab {' '.join(args)}"
-    return lab.run("natpi", command, user="pi", check=False, timeout=timeout)
-
-
-def shows(result: subprocess.CompletedProcess) -> str:
-    return f"rc={result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-2000:]}"
-
-
-def screen_label(lab: Lab, host: str) -> Tuple[str, int]:
-    rgb = fb_rgb(lab.host_path(host, FB), FB_GEOMETRY)
-    return label_at(rgb, AT, FRAME, FRAME)
-
-
-def far_picture_moves(lab: Lab, host: str, far: str) -> Tuple[int, int]:
-    """The host's screen shows far's name with a frame number that rises; the two numbers seen."""
-    first = wait_for(lambda: (lambda s: s if s[0] == far.upper() else None)(screen_label(lab, host)), 15,
-                     f"{host}'s screen to show {far}'s picture")
-    later = wait_for(lambda: (lambda s: s if s[0] == far.upper() and s[1] > first[1] else None)(
-        screen_label(lab, host)), 15, f"{far}'s frame numbers to rise on {host}'s screen")
-    return first[1], later[1]
+from tests.lab.lab import Lab
 
 
 def dnat_counters(lab: Lab) -> Dict[str, Tuple[int, int]]:
@@ -99,30 +65,9 @@ print(json.dumps(out))
     return json.loads(result.stdout)
 
 
-def heard(lab: Lab, call: str, host: str) -> str:
-    """Whose test signal the host's listen recorded (the copy fetched to the controller)."""
-    with wave.open(str(lab.host_path("natpi", f"{STORE}/{call}/{host}/listen.wav")), "rb") as wav:
-        rate = wav.getframerate()
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    return testsignal.read_label(pcm, rate) or "nothing readable"
-
-
-def last_call(lab: Lab) -> str:
-    return sorted(p.name for p in lab.host_path("natpi", STORE).iterdir())[-1]
-
-
-def directions(lab: Lab) -> Dict[str, dict]:
-    result = fab(lab, "stats", "--json")
-    assert result.returncode == 0, shows(result)
-    return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def site(lab: Lab) -> Iterator[Lab]:
-    build_wheelhouse()
-    result = lab.run("natpi", playbook_command("site.yml"), user="pi", check=False, timeout=600)
-    assert result.returncode == 0, shows(result)
-    lab.start_unit("natpi", TUNNEL_UNIT)   # systemd's part, in a lab without systemd
+    provision(lab)
     yield lab
 
 
@@ -244,16 +189,11 @@ def test_a_taken_port_and_a_drifted_address_are_named_and_nothing_is_left(site: 
 
 def test_a_tunnel_call_end_to_end(site: Lab) -> None:
     lab = site
-    switched = lab.run("natpi", playbook_command("site.yml", "-e", "pi2pi_transport=tunnel"), user="pi",
-                       check=False, timeout=600)
-    assert switched.returncode == 0, shows(switched)
+    provision(lab, "tunnel")
     # The gateway DNATs only the tunnel's ssh port now.
     rules = [line for line in lab.run("gw", "iptables-save -t nat").stdout.splitlines()
              if line.startswith("-A PI2PI-PREROUTING")]
     assert len(rules) == 1 and "pi2pi-tunnel-ssh" in rules[0], rules
-    lab.start_unit("natpi", TUNNEL_UNIT)   # the unit changed: systemd's handler would restart it
-    wait_for(lambda: all(f"127.0.0.1:{p}" in lab.run("natpi", "ss -Hltn").stdout for p in PORTS.values()), 30,
-             "the tunnel's media forwards on natpi")
     before = dnat_counters(lab)
     placed = fab(lab, "call")
     assert placed.returncode == 0 and "(tunnel transport)" in placed.stdout, shows(placed)
