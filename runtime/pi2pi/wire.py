@@ -70,7 +70,7 @@ def _receive(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optio
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
-    started_at = time.monotonic()
+    started_at = last_at = time.monotonic()
     timeout: Optional[float] = -1.0  # what the socket is set to; set only on change (a syscall each)
     while got < size:
         now = time.monotonic()
@@ -89,13 +89,14 @@ def _receive(sock: socket.socket, size: int, stall_s: float, first_wait_s: Optio
         except socket.timeout:
             if complete_by is None:
                 raise
-            if time.monotonic() >= complete_by:
-                raise _too_slow(deadline_s, got, size) from None
-            raise Stalled(f"peer stalled after {got} of {size} bytes") from None
+            if time.monotonic() - last_at >= stall_s - 0.001:   # a pause says more than the deadline
+                raise Stalled(f"peer stalled after {got} of {size} bytes") from None
+            raise _too_slow(deadline_s, got, size) from None
         if n == 0:
             raise PeerClosed(partial=complete_by is not None)
+        last_at = time.monotonic()
         if complete_by is None:
-            complete_by = time.monotonic() + deadline_s
+            complete_by = last_at + deadline_s
         got += n
     return bytes(buf), complete_by if complete_by is not None else started_at + deadline_s
 
