@@ -54,7 +54,8 @@ def expected_rules(natpi_public: str) -> List[str]:
         gateway_nat_public_address=GW,
         gateway_nat_gwpi_address=GWPI,
         gateway_nat_forwards=[{"name": n, "port": p} for n, p in FORWARDS.items()],
-        gateway_nat_forward_gwpi_out=True,
+        gateway_nat_gwpi_outbound=yaml.safe_load((REPO / "roles/gateway_nat/defaults/main.yml").read_text())[
+            "gateway_nat_gwpi_outbound"],
     )
     return [line for line in text.splitlines() if line.startswith("-A ")]
 
@@ -205,6 +206,27 @@ def test_stranger_does_not_reach_gwpi(lab: Lab, media_listeners: None) -> None:
     # Control: the same probe from stranger does reach the gateway's admin sshd.
     control = reach(lab, "stranger", [ADDR["gw_ssh_port"]])
     assert control[ADDR["gw_ssh_port"]].startswith("SSH-2.0-")
+
+
+def test_gwpi_starts_connections_only_where_the_role_lets_it(lab: Lab, provisioned: None) -> None:
+    stranger = ADDR["stranger"]
+    listeners = [lab.popen("stranger", f"exec socat TCP-LISTEN:{port},reuseaddr,fork SYSTEM:'echo stranger-{port}'",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in (443, 2323)]
+    try:
+        for port in (443, 2323):
+            wait_for(lambda port=port: f":{port}" in lab.run("stranger", "ss -Hltn").stdout, 10)
+
+        def dial(port: int) -> str:
+            return lab.run("gwpi", f"timeout 4 socat -u TCP:{stranger}:{port},connect-timeout=3 - | head -c 40",
+                           check=False).stdout.strip()
+        # Control: an allowed port (apt's HTTPS) answers, so the path and the listener work;
+        # another port is left to the owner's FORWARD policy, which drops it.
+        assert dial(443) == "stranger-443"
+        assert dial(2323) == ""
+    finally:
+        for proc in listeners:
+            proc.kill()
+            proc.wait()
 
 
 def test_unconfirmed_apply_rolls_back_by_itself(lab: Lab, provisioned: None) -> None:
