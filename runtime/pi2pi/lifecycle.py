@@ -16,6 +16,14 @@ cheap counters is published while it runs (`<stats>/<program>.live.json`,
 schema `pi2pi.live/1`): at once when its state, peer or flow changes, otherwise
 every LIVE_PERIOD_S; the file is removed when the program ends (its stats file
 then tells the rest).
+
+A stop request always wins, whatever the peer is doing: no wait on a peer lasts
+longer than STOP_POLL_S before it looks at `run.stop` again (dialing and the
+handshake in net.py; a frame's bytes, in and out, in wire.py, which raises
+wire.Stopped), and a worker thread is waited for at most WORKER_JOIN_S. So
+SIGINT/SIGTERM ends every program within 2 s with its stats written, even
+half-way through a handshake or a frame, behind a peer that trickles, floods,
+or reads nothing while we send.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ from pi2pi import stats
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_POLL_S = 0.2       # the longest any wait on a peer keeps a stop request waiting
+WORKER_JOIN_S = 1.0     # the longest a program waits for its worker threads once stopped
 LIVE_SCHEMA = "pi2pi.live/1"
 LIVE_PERIOD_S = 1.0     # a live snapshot at least this often
 LIVE_POLL_S = 0.1       # how soon a change of peer or flow is published
@@ -114,7 +124,7 @@ class ProgramRun:
         if self._deadline is not None:
             self._deadline.cancel()
         if self._publisher is not None:
-            self._publisher.join(timeout=2.0)
+            self._publisher.join(timeout=WORKER_JOIN_S)
         try:
             fields = self.snapshot()
         except Exception as err:  # stats must still be written

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from pi2pi.config import ConfigError
+from pi2pi.lifecycle import STOP_POLL_S
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ SIOCOUTQ = 0x5411     # bytes in the send queue not yet acknowledged by the peer
 SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (Linux >= 2.6.38)
 HANDSHAKE_TIMEOUT_S = 5.0   # the whole handshake, not each read
 MAX_PENDING = 8             # handshakes a listener runs at once; more dialers are turned away
-POLL_S = 0.2                # the longest any wait here keeps a stop request waiting
+POLL_S = STOP_POLL_S        # the longest any wait here keeps a stop request waiting
 CONNECT_TIMEOUT_S = 5.0
 SHORT_LIVED_S = 5.0         # a connection that ended sooner than this counts as a failed dial
 

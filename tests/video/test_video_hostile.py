@@ -307,7 +307,8 @@ def test_a_peer_trickling_a_frame_is_dropped_at_the_frame_deadline_and_a_camera_
         f"dropped {dropped_after:.2f} s after its first byte (deadline {FRAME_DEADLINE_S} s)"
     assert "WARNING" in viewer.wait_for(f"did not finish the frame within {FRAME_DEADLINE_S:.1f} s")
 
-    camera = Program(["camera", "--connect", f"127.0.0.1:{viewer.port}", "--token-file", "token",  # type: ignore[attr-defined]
+    port = viewer.port  # type: ignore[attr-defined]
+    camera = Program(["camera", "--connect", f"127.0.0.1:{port}", "--token-file", "token",
                       "--source", "testpattern", "--size", "320x240", "--fps", "10", "--label", "real-camera",
                       "--stats", "camera-stats"], tmp_path)
     deadline = time.monotonic() + 10

@@ -3,6 +3,11 @@
 Two threads: the receiver reads packets off the connection (and waits for the
 next one when a peer goes) and pushes them into the jitter buffer; the player,
 clocked by the output device, takes one frame at a time from the playout.
+
+A peer is dropped when it sends nothing for --stall-s, pauses --stall-s inside a
+packet, or does not finish a packet (length byte and packet) within --stall-s
+of its first byte, and after MAX_BAD_IN_A_ROW unplayable packets. A stop
+request ends even a half-read packet within 0.2 s (wire.Stopped, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pi2pi.audio.codec import Decoder, OpusError
 from pi2pi.audio.jitter import JitterBuffer, JitterSettings, Playout, opus_packet_ms
 from pi2pi.audio.recording import Recorder
 from pi2pi.audio.settings import ListenSettings
-from pi2pi.lifecycle import ProgramRun
+from pi2pi.lifecycle import WORKER_JOIN_S, ProgramRun
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,9 @@ class Receiver:
         bad_in_a_row = 0
         while not self.stop.is_set():
             try:
-                packet = wire.read_audio_frame(sock, self.settings.stall_s, first_wait_s=IDLE_POLL_S)
+                packet = wire.read_audio_frame(sock, self.settings.stall_s, first_wait_s=IDLE_POLL_S, stop=self.stop)
+            except wire.Stopped:
+                return
             except socket.timeout:
                 self.link.refuse_others()
                 if time.monotonic() - idle_since > self.settings.stall_s:
@@ -212,7 +219,7 @@ def run(settings: ListenSettings) -> int:
                 return 1
             finally:
                 run_.stop.set()
-                thread.join(timeout=2.0)
+                thread.join(timeout=WORKER_JOIN_S)
             return 0
         finally:
             link.close()

@@ -2,7 +2,10 @@
 
 Capture never stops while the peer is away (a connector thread dials or
 accepts in the background), so the device never overruns and a reconnect
-sends fresh audio, not a stale backlog.
+sends fresh audio, not a stale backlog. More than --max-backlog-ms waiting to
+leave drops frames; --stall-s of dropping, or a packet the peer does not take
+within --stall-s, drops the peer. A stop request wins within 0.2 s, even
+half-way through sending a packet (wire.send_frame, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -181,7 +184,6 @@ def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, captu
                 if sock is None:
                     continue
                 dropping_since = None
-                sock.settimeout(settings.stall_s)
             if counters.frames_captured % 50 == 0:
                 link.refuse_others()   # one call, one peer
             if net.peer_hung_up(sock):
@@ -208,8 +210,10 @@ def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, captu
                 continue
             dropping_since = None
             try:
-                sock.sendall(frame)
-            except (OSError, socket.timeout) as err:
+                wire.send_frame(sock, frame, settings.stall_s, run_.stop)
+            except wire.Stopped:
+                break
+            except (wire.Stalled, OSError) as err:
                 log.warning("send failed (%s); waiting for the peer again", err)
                 sock = _drop(sock, connector)
                 continue

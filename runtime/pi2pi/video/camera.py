@@ -8,6 +8,10 @@ nothing queues, and only frames that will be sent are encoded. Before each
 frame the sender waits until the peer has acknowledged all but half a frame
 (--inflight) of what was sent, so a slow link drops frames here instead of
 filling the kernel's buffers with old ones.
+
+A peer that acknowledges nothing for --stall-s, or does not take a whole frame
+within --stall-s, is dropped (and redialled or waited for again). A stop request
+ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from pi2pi import config, net, stats, wire
-from pi2pi.lifecycle import ProgramRun
+from pi2pi.lifecycle import WORKER_JOIN_S, ProgramRun
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +229,12 @@ class Sender:
             if payload is None:
                 continue
             try:
-                sock.settimeout(self.stall_s)
-                sock.sendall(wire.pack_video_frame(item.seq, payload, item.stamp_us))
+                wire.send_frame(sock, wire.pack_video_frame(item.seq, payload, item.stamp_us), self.stall_s,
+                                self.run.stop)
                 sent += wire.VIDEO_HEADER.size + len(payload)
-            except socket.timeout:
+            except wire.Stopped:
+                return None
+            except wire.Stalled:
                 return f"sending stalled for {self.stall_s:.1f} s"
             except OSError as err:
                 return f"send failed: {err.strerror or err}"
@@ -345,7 +351,7 @@ def run(settings: Settings) -> int:
             run_.end(f"error: {err}")
         finally:
             run_.stop.set()
-            thread.join(timeout=settings.stall_s + 2)
+            thread.join(timeout=WORKER_JOIN_S)
             counters.dropped += getattr(source, "dropped", 0)
             counters.corrupt += getattr(source, "corrupt", 0)
             source.close()

@@ -17,7 +17,8 @@ legitimate frame may be large on a slow link: 10 s carries a 1 MB frame at
 0.8 Mbit/s and the largest (--max-frame, 4 MiB) at 3.4 Mbit/s, while the
 benchmark's rate-limited link (half a 640x480 stream's bitrate, ~3.3 Mbit/s)
 carries its ~28 kB frames in under 0.1 s; the camera itself gives up on a frame
-it cannot hand to its kernel within its own --stall-s (5 s).
+it cannot hand to its kernel within its own --stall-s (5 s). A stop request
+ends even a half-read frame within 0.2 s (wire.Stopped, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ class Receiver:
                 self.periodic_snapshot()
             try:
                 header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2,
-                                                        deadline_s=self.frame_deadline_s)
+                                                        deadline_s=self.frame_deadline_s, stop=self.run.stop)
+            except wire.Stopped:
+                return
             except socket.timeout:
                 if time.monotonic() - last_frame_at > self.peer_timeout_s:
                     log.warning("closing the connection: no frame for %.1f s", self.peer_timeout_s)
