@@ -4,9 +4,10 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 LAB   := $(PY) -m tests.lab
+SOAK_MINUTES ?= 30
 FUZZ_RUNS ?= 100000
 
-.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio fuzz memcheck lock
+.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio fuzz memcheck soak lock
 
 help:
 	@echo "make setup        Debian packages + .venv (every other target runs it)"
@@ -15,6 +16,7 @@ help:
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark"
 	@echo "make fuzz         fuzz each parser long (FUZZ_RUNS=$(FUZZ_RUNS) inputs each; make test runs a short one)"
+	@echo "make soak         a $(SOAK_MINUTES)-minute call in the lab: memory, fds, threads flat (SOAK_MINUTES=; make test runs 2)"
 	@echo "make memcheck     valgrind memcheck of camera->viewer and talk->listen: no leaks in the native libraries"
 
 setup:
@@ -52,6 +54,9 @@ fuzz: setup
 	@status=0; for target in video audio handshake; do \
 		$(PY) -m tests.fuzz $$target --runs $(FUZZ_RUNS) || status=1; \
 	done; exit $$status
+
+soak: setup
+	$(PY) -m tests.soak --minutes $(SOAK_MINUTES)
 
 memcheck: setup
 	$(PY) -m tests.memcheck

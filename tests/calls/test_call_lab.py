@@ -213,3 +213,11 @@ def test_a_tunnel_call_end_to_end(site: Lab) -> None:
     # The firewall counted, on the tunnel's ssh port, at least the media bytes gwpi's
     # programs read (plus ssh's framing and the acks of the other way).
     assert carried > media > 0, (carried, media)
+
+
+def test_a_two_minute_call_grows_nothing(site: Lab) -> None:
+    """The short version of `make soak` (tests/soak.py has the bounds and why)."""
+    from tests import soak
+    report = soak.soak(site, 2.0)
+    print(json.dumps(report["programs"], sort_keys=True))
+    assert report["ok"], report["problems"]
