@@ -16,6 +16,7 @@ import importlib
 import io
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,13 +109,19 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{'' if args.replay else f'{args.runs} runs, '}max_len {max_len}", flush=True)
         started = time.monotonic()
         log: List[str] = []
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # unwind: the child is killed below
         child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert child.stdout is not None
-        for line in child.stdout:
-            log.append(line)
-            if args.verbose or SHOWN.match(line):
-                print(line, end="", flush=True)
-        code = child.wait()
+        try:
+            assert child.stdout is not None
+            for line in child.stdout:
+                log.append(line)
+                if args.verbose or SHOWN.match(line):
+                    print(line, end="", flush=True)
+            code = child.wait()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
         took = time.monotonic() - started
         stats = final_stats(log)
         if code != 0:
