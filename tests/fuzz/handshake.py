@@ -23,14 +23,14 @@ a connection or None and raises nothing. Beyond exceptions, the outcome must be
 the protocol's: the side under test accepts exactly when the peer's bytes carry
 this call's proof for this stream and the nonces used (with keep-open, timing
 may refuse a right proof, never accept a wrong one); its own messages are the
-right challenge, answer and proof; a refused peer gets nothing more and its
+right challenge, answer and proof; the media behind the handshake reaches
+the side under test untouched; a refused peer gets nothing more and its
 connection closed; the listener counts every refusal as unproven and holds no
 pending handshake afterwards; every call ends within its handshake deadline.
 """
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -70,13 +70,18 @@ def recv_up_to(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def close_at_once(sock: socket.socket) -> None:
-    """Close with a reset: 100 000 connections must not fill the port range with TIME_WAIT."""
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the peer sent after the handshake (the media), until it closes."""
+    sock.settimeout(PEER_WAIT_S)
+    data = b""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+    except socket.timeout:
+        raise common.Hang(f"the fake peer did not close within {PEER_WAIT_S} s") from None
 
 
 @dataclass
@@ -166,7 +171,7 @@ class FakeDialer(Peer):
             self.error = err
         finally:
             if sock is not None:
-                close_at_once(sock)
+                sock.close()   # after the listener's end: no TIME_WAIT here, none left behind by 100 000 inputs
 
 
 class Settled(threading.Event):
@@ -205,20 +210,24 @@ class Harness:
         thread = threading.Thread(target=peer.run, args=(theirs,), daemon=True)
         thread.start()
         timeout = SHORT_S if peer.keep_open else LONG_S
+        accepted = False
         try:
             with common.deadline(timeout, "respond"):
                 try:
                     net.respond(ours, TOKEN, STREAM, timeout_s=timeout)
                     accepted = True
                 except net.HandshakeError:
-                    accepted = False
+                    pass
+            ours.shutdown(socket.SHUT_WR)   # what the fake listener waits for
+            thread.join(PEER_WAIT_S + 1)
+            if thread.is_alive():
+                raise common.Hang("the fake listener still waits for the dialer to close")
+            theirs.close()
+            behind = read_to_end(ours) if accepted else b""
         finally:
             ours.close()
-            thread.join(PEER_WAIT_S + 1)
             theirs.close()
-        if thread.is_alive():
-            raise common.Hang("the fake listener still waits for the dialer to close")
-        check_dialer(peer, accepted)
+        check_dialer(peer, accepted, behind)
 
     def listener_side(self, peer: FakeDialer) -> None:
         listener = self.listeners[peer.keep_open]
@@ -230,9 +239,13 @@ class Harness:
         try:
             with common.deadline(timeout, "Listener.accept"):
                 conn = listener.accept(Settled(listener, thread, timeout + common.SLACK_S + 0.5), poll_s=0.001)
+            behind = b""
+            if conn is not None:   # the media would start here: read it, then close (no reset for unread bytes)
+                conn.shutdown(socket.SHUT_WR)
+                behind = read_to_end(conn)
         finally:
             if conn is not None:
-                conn.close()   # the media would start here
+                conn.close()
             thread.join(PEER_WAIT_S + 1)
         if thread.is_alive():
             raise common.Hang("the fake dialer still waits for the listener to close")
@@ -240,7 +253,7 @@ class Harness:
             raise common.Wrong(f"{len(listener.handshakes)} handshakes still pending after the dialer left")
         if conn is None and listener.unproven != unproven + 1:
             raise common.Wrong(f"a refused dialer counted {listener.unproven - unproven} times as unproven")
-        check_listener(peer, conn is not None)
+        check_listener(peer, conn is not None, behind)
 
 
 def check_peer_waited(peer: Peer) -> None:
@@ -248,7 +261,7 @@ def check_peer_waited(peer: Peer) -> None:
         raise common.Hang(f"the fake peer waited {PEER_WAIT_S} s for the side under test to answer or close")
 
 
-def check_dialer(peer: FakeListener, accepted: bool) -> None:
+def check_dialer(peer: FakeListener, accepted: bool, behind: bytes) -> None:
     check_peer_waited(peer)
     sent = peer.sent
     challenge_ok = len(sent) >= net.CHALLENGE_SIZE and sent[:4] == net.CHALLENGE_MAGIC and sent[4] == net.VERSION
@@ -270,9 +283,11 @@ def check_dialer(peer: FakeListener, accepted: bool) -> None:
         raise common.Wrong(f"the dialer accepted a wrong proof: {sent.hex()}")
     if right and not accepted and not peer.keep_open:
         raise common.Wrong(f"the dialer refused the right proof: {sent.hex()}")
+    if accepted and behind != sent[net.CHALLENGE_SIZE + net.PROOF_SIZE:]:
+        raise common.Wrong(f"the media behind the listener's proof arrived as {behind.hex()}: {sent.hex()}")
 
 
-def check_listener(peer: FakeDialer, accepted: bool) -> None:
+def check_listener(peer: FakeDialer, accepted: bool, behind: bytes) -> None:
     check_peer_waited(peer)
     challenge = peer.challenge
     if len(challenge) != net.CHALLENGE_SIZE or challenge[:5] != net.CHALLENGE_MAGIC + bytes((net.VERSION,)):
@@ -289,6 +304,8 @@ def check_listener(peer: FakeDialer, accepted: bool) -> None:
         raise common.Wrong(f"the listener's own proof is wrong: {peer.received.hex()}")
     if not accepted and peer.received:
         raise common.Wrong(f"the listener sent {peer.received!r} to a dialer it refused")
+    if accepted and behind != sent[net.ANSWER_SIZE:]:
+        raise common.Wrong(f"the media behind the dialer's answer arrived as {behind.hex()}: {sent.hex()}")
 
 
 def seeds() -> Dict[str, bytes]:
@@ -306,6 +323,9 @@ def seeds() -> Dict[str, bytes]:
         "dialer-keep-open-short": bytes((keep, 3)) + b"P2P",
         "listener-honest": bytes((LISTENER | HONEST, 0)),
         "listener-honest-in-pieces": bytes((LISTENER | HONEST, 10)) + bytes(net.ANSWER_SIZE),
+        # Found by the fuzzer as a harness defect: closing the accepted socket with the media
+        # unread made the kernel reset the connection, and the dialer lost the proof.
+        "listener-honest-media-behind": bytes((LISTENER | HONEST | 0x20, 0)) + bytes(81) + b"\xb3",
         "listener-wrong-token": bytes((LISTENER | HONEST | WRONG_TOKEN, 0)),
         "listener-keep-open-honest": bytes((keep | LISTENER | HONEST, 0)),
         "listener-raw": bytes((LISTENER, 0)) + net.ANSWER_MAGIC + NONCE_D + bytes(32),
