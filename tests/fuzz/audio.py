@@ -7,13 +7,14 @@ listen does with them (player.Receiver._serve, then the player thread):
 `wire.read_audio_frame`, `jitter.opus_packet_ms` (the TOC byte), then
 `JitterBuffer.push` at a simulated arrival time, and the device-clocked
 `Playout.next_frame` with listen's own decode and conceal (`player.make_playout`
-over `codec.Decoder`), which hands PCM to the device. Each packet is also
-decoded alone by a second `codec.Decoder`.
+over `codec.Decoder`), which hands PCM to the device. The decoder also checks
+every packet it decodes against the TOC parse.
 
 Allowed: from read_audio_frame PeerClosed (the end of the input), Stalled and
 socket.timeout (with the keep-open bits, common.keep_open, the peer keeps the
-connection open: a packet that stops, no next packet); from Decoder.decode OpusError, its documented refusal (listen's
-decode turns it into concealment). opus_packet_ms returns None for what cannot
+connection open: a packet that stops, no next packet); from Decoder.decode
+OpusError, its documented refusal (listen's decode turns it into
+concealment). opus_packet_ms returns None for what cannot
 be Opus; the playout may raise nothing and must hand over interleaved int16 PCM
 of at most 160 ms. Where Opus accepts a packet, it must decode to exactly the
 duration the TOC parse gave the jitter buffer.
@@ -55,27 +56,38 @@ def options(data: bytes) -> ListenSettings:
                           buffer=BUFFERS_MS[(flags >> 3) & 3])
 
 
+class CheckedDecoder(codec.Decoder):
+    """listen's decoder, which also checks each packet it decodes against the TOC parse."""
+
+    def decode(self, packet: bytes) -> bytes:
+        pcm = super().decode(packet)   # OpusError passes through to listen's decode
+        duration = jitter.opus_packet_ms(packet)
+        samples = len(pcm) // 2 // self.channels
+        if duration is None or samples != round(duration * self.rate / 1000):
+            raise common.Wrong(f"TOC {packet[0]:#04x} says {duration} ms; Opus decoded {samples} samples "
+                               f"at {self.rate} Hz")
+        return pcm
+
+
 class Harness:
     def one(self, data: bytes) -> None:
         if len(data) < 2:
             return
         settings = options(data)
         near, far = socket.socketpair()
-        decoder = codec.Decoder(settings.rate, settings.channels)
-        probe = codec.Decoder(settings.rate, settings.channels)
+        decoder = CheckedDecoder(settings.rate, settings.channels)
         try:
             near.sendall(data[2:])
             if not common.keep_open(data[0]):
                 near.shutdown(socket.SHUT_WR)
-            self.listen(far, settings, decoder, probe, random.Random(data[1]))
+            self.listen(far, settings, decoder, random.Random(data[1]))
         finally:
             decoder.close()
-            probe.close()
             near.close()
             far.close()
 
     def listen(self, sock: socket.socket, settings: ListenSettings, decoder: codec.Decoder,
-               probe: codec.Decoder, gaps: random.Random) -> None:
+               gaps: random.Random) -> None:
         buffer = jitter.JitterBuffer(jitter.JitterSettings(min_ms=settings.buffer, max_ms=settings.buffer_max))
         playout = player.make_playout(buffer, decoder, settings)
         device = Device(playout, settings)
@@ -99,22 +111,10 @@ class Harness:
                 continue
             if not 0 < duration <= codec.MAX_PACKET_MS:
                 raise common.Wrong(f"opus_packet_ms gave {duration} ms for TOC {packet[0]:#04x}")
-            self.decode_alone(probe, packet, duration, settings)
             now += duration * gaps.choice(GAP_FACTORS)
             buffer.push(packet, duration, now)
             device.play_until(now)
         device.drain()
-
-    @staticmethod
-    def decode_alone(probe: codec.Decoder, packet: bytes, duration: float, settings: ListenSettings) -> None:
-        try:
-            pcm = probe.decode(packet)
-        except codec.OpusError:
-            return
-        samples = len(pcm) // 2 // settings.channels
-        if samples != round(duration * settings.rate / 1000):
-            raise common.Wrong(f"TOC {packet[0]:#04x} says {duration} ms; Opus decoded {samples} samples "
-                               f"at {settings.rate} Hz")
 
 
 class Device:
