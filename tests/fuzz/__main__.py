@@ -137,7 +137,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     rate = runs / took if took > 0 else 0.0
     rss = (f"rss {stats.get('warmup_rss_mb', 0):.0f} MB after warm-up, {stats.get('last_rss_mb', 0):.0f} MB "
            f"at the last check, peak {stats.get('peak_rss_mb', 0):.0f} MB") if not args.replay else ""
-    print(f"fuzz {args.target}: ok, {runs} runs in {took:.1f} s ({rate:.0f} exec/s); {rss}".rstrip("; "), flush=True)
+    slowest = f"; slowest input {stats.get('slowest_unit_time_sec', 0):.0f} s" if not args.replay else ""
+    print(f"fuzz {args.target}: ok, {runs} runs in {took:.1f} s ({rate:.0f} exec/s){slowest}; {rss}".rstrip("; "),
+          flush=True)
     return 0
 
 
