@@ -4,6 +4,7 @@
     .venv/bin/fab hangup
     .venv/bin/fab stats [--call ID] [--json]
     .venv/bin/fab status [--json]
+    .venv/bin/fab watch [--seconds N]
 
 The hosts come from the Ansible inventory (`ansible-inventory --list`; set
 PI2PI_INVENTORY to pick another than ansible.cfg's); the order of a call
@@ -12,14 +13,15 @@ lives in controller/call.py.
 from __future__ import annotations
 
 import json
+import sys
 import time
-from typing import Callable
+from typing import Any, Callable, Dict, Optional
 
 from fabric import task
 from invoke.exceptions import Exit
 
-from controller import report, site
-from controller.call import CallFailed, Controller, Options
+from controller import report, site, watch as live
+from controller.call import CallFailed, Controller, Options, media_state
 from controller.remote import Unreachable
 
 
@@ -115,3 +117,33 @@ def status(c, json_=False):
                   f"{', '.join(address['dnat_accepts']) or 'nothing'}: {verdict}")
 
     with_controller(show)
+
+
+@task(help={"seconds": "stop after this many seconds (default: until the call ends or Ctrl-C)"})
+def watch(c, seconds=None):
+    """The call's figures per direction, refreshed each second: fps, kbps, latency, drops, audio buffer."""
+    limit = float(seconds) if seconds is not None else None
+    clear = "\033[H\033[J" if sys.stdout.isatty() else ""
+
+    def show(controller: Controller) -> None:
+        started = time.monotonic()
+        before: Optional[Dict[str, Any]] = None
+        while limit is None or time.monotonic() - started < limit:
+            asked = time.monotonic()
+            sides = controller.ask_pis(tolerate_unreachable=True)
+            calls = {k: s.call for k, s in sides.items()}
+            if not any(calls.values()):
+                print("no call is up")
+                return
+            now = live.programs(calls)
+            ids = sorted({call["call"] for call in calls.values() if call})
+            lines = live.table(live.figures(now, before),
+                               media_state(calls, {k: s.name for k, s in sides.items()}))
+            print(f"{clear}call {', '.join(ids)}, {time.strftime('%H:%M:%S')}\n" + "\n".join(lines) + "\n", flush=True)
+            before = now
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - asked)))
+
+    try:
+        with_controller(show)
+    except KeyboardInterrupt:
+        pass

@@ -62,8 +62,8 @@ def call(lab: Lab) -> dict:
     step("call: fab call (returns once media flows both ways)")
     call_setup_s = timed_on_natpi(lab, f"{FAB} call")
     step(f"the call runs for {CALL_S:.0f} s: each viewer shows the other Pi's test pattern, each listen plays "
-         f"the other's test signal")
-    time.sleep(CALL_S)
+         f"the other's test signal; fab watch shows its figures each second")
+    on_natpi(lab, f"{FAB} watch --seconds {CALL_S:.0f}")
     on_natpi(lab, f"{FAB} status")
 
     step("hang up: fab hangup (senders, then receivers, then both Pis' stats to natpi)")

@@ -108,6 +108,20 @@ def test_a_direct_call_end_to_end(site: Lab) -> None:
     far_picture_moves(lab, "natpi", "gwpi")
     status = fab(lab, "status")
     assert status.returncode == 0 and "in step" in status.stdout, shows(status)
+    for direction in ("video natpi -> gwpi", "video gwpi -> natpi", "audio natpi -> gwpi", "audio gwpi -> natpi"):
+        assert f"{direction}: up" in status.stdout, shows(status)
+    # fab watch: a table each second; from the second on, rates (the lab's cameras send 15 fps).
+    watched = fab(lab, "watch", "--seconds", "3.5")
+    assert watched.returncode == 0, shows(watched)
+    last = watched.stdout.strip().split("\n\n")[-1].splitlines()
+    rows = {" ".join(line.split()[:4]): line.split()[4:] for line in last[2:]}
+    assert set(rows) == {"video natpi -> gwpi", "video gwpi -> natpi", "audio natpi -> gwpi",
+                         "audio gwpi -> natpi"}, watched.stdout
+    for direction in ("video natpi -> gwpi", "video gwpi -> natpi"):
+        fps, kbps, latency = (float(v) for v in rows[direction][:3])
+        assert 8 <= fps <= 20 and kbps > 50 and 0 < latency < 500, (direction, rows[direction])
+    for direction in ("audio natpi -> gwpi", "audio gwpi -> natpi"):
+        assert rows[direction][0] == "-" and 10 < float(rows[direction][1]) < 60, (direction, rows[direction])
 
     hung = fab(lab, "hangup")
     assert hung.returncode == 0 and f"call {call} ended" in hung.stdout, shows(hung)

@@ -122,3 +122,33 @@ def test_a_program_that_ended_is_described_by_how() -> None:
     assert ended(None) == "not running"
     assert ended(-9) == "ended: killed by SIGKILL"
     assert ended(2) == "ended (exit 2)"
+
+
+def test_watch_rates_come_from_the_receivers_two_snapshots() -> None:
+    from controller import watch
+
+    def snap(at: float, frames: int, audio_bytes: int) -> dict:
+        video = {"at": at, "frames": frames, "bytes": frames * 6000, "dropped": 2, "latency_ms": 41.5, "reconnects": 1}
+        audio = {"at": at, "packets": frames * 5, "bytes": audio_bytes, "fill_ms": 60.0, "underruns": 3, "dropped": 0}
+        side = {"camera": {"at": at, "dropped": 1, "reconnects": 0}, "viewer": video,
+                "talk": {"at": at, "dropped": 4}, "listen": audio}
+        return {"natpi": side, "gwpi": {k: dict(v) for k, v in side.items()}}
+
+    before, now = snap(100.0, 30, 5000), snap(102.0, 60, 10000)
+    rows = watch.figures(now, before)
+    video = rows["video natpi -> gwpi"]
+    assert video["fps"] == 15.0 and video["kbps"] == 30 * 6000 * 8 / 1000 / 2 and video["latency_ms"] == 41.5
+    assert video["drops"] == 3 and video["reconnects"] == 1 and video["buffer_ms"] is None
+    audio = rows["audio gwpi -> natpi"]
+    assert audio["fps"] is None and audio["kbps"] == 5000 * 8 / 1000 / 2 and audio["buffer_ms"] == 60.0
+    assert audio["underruns"] == 3 and audio["drops"] == 4
+    # The first look has no rates yet; a program restarted (counters back to 0) gives none either.
+    assert watch.figures(now, None)["video natpi -> gwpi"]["fps"] is None
+    assert watch.figures(before, now)["video natpi -> gwpi"]["fps"] is None
+
+    up = {d: {"up": True, "why": [], "reconnects": 0} for d in rows}
+    up["audio natpi -> gwpi"] = {"up": False, "why": ["gwpi's listen ended: killed by SIGKILL"], "reconnects": 0}
+    lines = watch.table(rows, up)
+    assert lines[0].startswith("direction") and len(lines) == 5
+    assert lines[1].split()[:5] == ["video", "natpi", "->", "gwpi", "15.0"]
+    assert "DOWN: gwpi's listen ended: killed by SIGKILL" in lines[3]

@@ -113,6 +113,7 @@ class Counters:
         self.last_seq: Optional[int] = None      # the newest frame received
         self.shown_seq: Optional[int] = None     # the frame on the screen
         self.latency_ms = stats.Samples()
+        self.last_latency_ms: Optional[float] = None   # the picture on the screen: capture to paint
         self.decode_ms = stats.Samples()
         self.paint_ms = stats.Samples()
         self.first_paint: Optional[float] = None
@@ -273,7 +274,8 @@ class Painter:
         decoded = time.perf_counter()
         self.fb.paint(picture, *self.at)
         painted = time.perf_counter()
-        counters.latency_ms.add((wire.now_us() - item.header.stamp_us) / 1000)
+        counters.last_latency_ms = (wire.now_us() - item.header.stamp_us) / 1000
+        counters.latency_ms.add(counters.last_latency_ms)
         counters.decode_ms.add((decoded - started) * 1000)
         counters.paint_ms.add((painted - decoded) * 1000)
         counters.frames += 1
@@ -336,6 +338,7 @@ def live(counters: Counters, link: Any) -> Dict[str, Any]:
             "flowing": counters.frames > 0,
             "frames": counters.frames, "received": counters.received, "dropped": counters.dropped,
             "corrupt": counters.corrupt, "bytes": counters.bytes, "shown_seq": counters.shown_seq,
+            "latency_ms": None if counters.last_latency_ms is None else round(counters.last_latency_ms, 1),
             "reconnects": link.reconnects if link is not None else 0}
 
 
