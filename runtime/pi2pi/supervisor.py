@@ -22,6 +22,7 @@ The call directory `<calls>/<ID>/` holds everything about the call on this Pi:
     <program>.json  its stats, written however it ended (pi2pi.stats/1)
     supervisor.log  the supervisor's log
     summary.json    how the call ended on this side (pi2pi.call/1)
+    history.jsonl   once a second while the call runs, one line (`History`)
     listen.wav, viewer.png   what was heard and the last picture shown
 
 `<calls>/current.json` names the call that is up and its supervisor's pid.
@@ -32,6 +33,19 @@ receivers `drain_s` to take in what is still in flight, then stops them. A
 program that has not ended `stop_timeout_s` after its SIGTERM is killed (and
 the summary says so). A program that ends by itself is logged and left ended:
 the other streams of the call go on.
+
+History: while the call runs (from the moment every program listens or dials
+until the hang-up begins), once a second, one JSON line is appended to
+`history.jsonl`:
+
+    {"at": <unix time, s>, "programs": {"<program>": <its pi2pi.live/1 snapshot>, ...}}
+
+with each running program that has a live snapshot at that moment (none: no
+line). The controller draws the call from it afterwards (`fab stats --plot`).
+A line with the four programs is ~1.1 kB (measured: 1.07-1.08 kB), so the file
+grows by ~1.1 kB per second of call, ~4 MB per hour; it stops growing at
+HISTORY_MAX_LINES (24 h of lines, ~95 MB), which is logged once. A failure to
+write it is logged and never ends the call.
 
 Programs die with their supervisor: each asks the kernel for a SIGTERM when
 its parent dies (PR_SET_PDEATHSIG, cli.py), so a SIGKILLed supervisor still
@@ -73,6 +87,10 @@ ENV_CALL = "PI2PI_CALL"               # the call directory a program belongs to 
 ENV_READY_FD = "PI2PI_READY_FD"       # where the supervisor tells `up` how the start went
 READY_TIMEOUT_S = 30.0                # a Pi 2 takes a few seconds to import numpy and TurboJPEG
 POLL_S = 0.1
+RUN_POLL_S = 0.5                      # how often the running supervisor looks at its programs
+HISTORY = "history.jsonl"
+HISTORY_PERIOD_S = 1.0                # a line of history this often
+HISTORY_MAX_LINES = 24 * 3600         # 24 h of lines (~95 MB); then no more are written
 
 
 class CallError(Exception):
@@ -197,6 +215,69 @@ def last_error(log_path: Path) -> str:
     return lines[-1].strip() if lines else "ended without a word"
 
 
+# ----- the call's history ---------------------------------------------------------
+
+
+class History:
+    """history.jsonl: the programs' live snapshots, a line each time `append` is called.
+
+    Bounded (max_lines, then it stops and says so once) and never fatal: a
+    write that fails is logged (the first of a run of failures, and when writes
+    work again) and the call goes on.
+    """
+
+    def __init__(self, path: Path, max_lines: int = HISTORY_MAX_LINES) -> None:
+        self.path = path
+        self.max_lines = max_lines
+        self.lines = 0
+        self.failures = 0
+        self.full = False
+
+    def append(self, names: List[str], at: Optional[float] = None) -> bool:
+        """One line with the snapshots of those of `names` that have one; whether it was written."""
+        if self.full:
+            return False
+        if self.lines >= self.max_lines:
+            self.full = True
+            log.warning("history: %d lines written (%s); no more for this call", self.lines, self.path.name)
+            return False
+        try:
+            programs = {}
+            for name in names:
+                live = read_json(self.path.parent / f"{name}.live.json")
+                if live is not None:
+                    programs[name] = live
+            if not programs:
+                return False
+            line = json.dumps({"at": round(time.time() if at is None else at, 3), "programs": programs},
+                              sort_keys=True, separators=(",", ":")) + "\n"
+            self._write(line.encode())
+        except Exception as err:  # a history is a convenience: the call goes on without it
+            if self.failures == 0:
+                log.error("history: cannot append to %s: %s (the call goes on)", self.path, err)
+            self.failures += 1
+            return False
+        if self.failures:
+            log.info("history: writing again after %d failed attempts", self.failures)
+            self.failures = 0
+        self.lines += 1
+        return True
+
+    def _write(self, data: bytes) -> None:
+        """Append data whole or not at all (a half line would be glued to the next one)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"short write to {self.path.name}")
+            except OSError:
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
+
+
 # ----- the supervisor ---------------------------------------------------------------
 
 
@@ -209,6 +290,7 @@ class Supervisor:
         self.state = "starting"
         self.wake = threading.Event()
         self.signals: List[int] = []
+        self.history = History(call_dir / HISTORY)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
@@ -311,7 +393,8 @@ class Supervisor:
         self.stop(RECEIVERS)
 
     def run(self) -> str:
-        """Supervise until asked to end; how the call ended."""
+        """Supervise until asked to end; how the call ended. A line of history each second."""
+        next_line = time.monotonic()
         while True:
             while self.signals:
                 signum = self.signals.pop(0)
@@ -326,7 +409,15 @@ class Supervisor:
                 self.hang_up()
                 return "hangup" if hangup else f"signal {signal.Signals(signum).name}"
             self.reap()
-            self.wake.wait(0.5)
+            now = time.monotonic()
+            if now >= next_line:
+                self.history.append([n for n, p in self.programs.items() if p.exit is None])
+                # On a grid of whole periods from the start (a late wake does not shift
+                # the next line); after a stall longer than a period, a period from now.
+                next_line += HISTORY_PERIOD_S
+                if next_line <= now:
+                    next_line = now + HISTORY_PERIOD_S
+            self.wake.wait(max(0.0, min(RUN_POLL_S, next_line - time.monotonic())))
             self.wake.clear()
 
 

@@ -152,3 +152,83 @@ def test_a_program_started_for_a_call_without_a_token_refuses(sides, tmp_path: P
     result = subprocess.run([sys.executable, "-m", "pi2pi", "viewer", "--config", str(gwpi.config),
                              "--stats", str(tmp_path)], capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 2 and "without the call's token" in result.stderr, result.stderr
+
+
+# ----- the call's history (history.jsonl) --------------------------------------------
+
+COUNTERS = ("frames", "captured", "received", "bytes", "packets", "dropped", "corrupt", "underruns",
+            "concealed", "reconnects")
+
+
+def history(side: Side, call: str = "c1") -> list:
+    """The side's history lines so far (a line still being written is not one yet)."""
+    try:
+        text = (side.calls / call / "history.jsonl").read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def test_a_call_keeps_a_line_of_history_each_second_with_rising_counters(sides) -> None:
+    place(sides)
+    natpi, gwpi = sides["natpi"], sides["gwpi"]
+    wait_for(lambda: len(history(natpi)) >= 5 and len(history(gwpi)) >= 5, 20,
+             "5 lines of history on each side")
+    hang_up(sides)
+    everything = {"camera", "viewer", "talk", "listen"}
+    for side in (natpi, gwpi):
+        lines = history(side)
+        at = [line["at"] for line in lines]
+        gaps = sorted(b - a for a, b in zip(at, at[1:]))
+        # One line a second: every gap near 1 s (a busy machine may wake a supervisor late,
+        # the next line keeps to the grid), and as many lines as seconds between the first and last.
+        assert 0.9 <= gaps[len(gaps) // 2] <= 1.1 and 0.3 <= gaps[0] and gaps[-1] <= 2.0, (side.name, gaps)
+        assert abs((at[-1] - at[0]) - (len(lines) - 1)) <= 1.0, (side.name, at)
+        # While the call ran, every program had its snapshot in the line; after `down
+        # --senders` only the receivers run, and the history goes on with them.
+        assert set(lines[0]["programs"]) == everything, lines[0]
+        for line in lines:
+            assert set(line["programs"]) in (everything, {"viewer", "listen"}), (side.name, line)
+            for name, snapshot in line["programs"].items():
+                assert snapshot["schema"] == "pi2pi.live/1" and snapshot["program"] == name
+        for name in everything:
+            snapshots = [line["programs"][name] for line in lines if name in line["programs"]]
+            for key in ("at",) + COUNTERS:
+                values = [s[key] for s in snapshots if key in s]
+                assert values == sorted(values), (side.name, name, key, values)
+            # What the history saw is what the program counted, short of its last second.
+            final = side.stats("c1", name)
+            count = {"camera": "frames", "viewer": "received", "talk": "packets", "listen": "packets"}[name]
+            assert 0 < snapshots[-1][count] <= final[count], (side.name, name, snapshots[-1], final)
+        # The history is fetched with the stats: it is an ordinary file of the call directory.
+        assert (side.calls / "c1" / "history.jsonl").stat().st_size > 0
+
+
+def test_history_is_bounded_and_a_failing_write_never_ends_the_call(tmp_path: Path, caplog) -> None:
+    from pi2pi.supervisor import History
+
+    for name, frames in (("camera", 10), ("viewer", 9)):
+        (tmp_path / f"{name}.live.json").write_text(json.dumps({"program": name, "frames": frames}))
+    kept = History(tmp_path / "history.jsonl", max_lines=3)
+    with caplog.at_level("INFO", logger="pi2pi.supervisor"):
+        written = [kept.append(["camera", "viewer", "talk"], at=100.0 + i) for i in range(6)]
+    assert written == [True, True, True, False, False, False]
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [line["at"] for line in lines] == [100.0, 101.0, 102.0]
+    assert lines[0]["programs"] == {"camera": {"program": "camera", "frames": 10},
+                                    "viewer": {"program": "viewer", "frames": 9}}   # talk has no snapshot
+    assert [r.message for r in caplog.records].count("history: 3 lines written (history.jsonl); "
+                                                     "no more for this call") == 1
+    assert History(tmp_path / "h2.jsonl").append(["talk"]) is False   # nothing to say: no line
+    assert not (tmp_path / "h2.jsonl").exists()
+
+    caplog.clear()
+    (tmp_path / "h3.jsonl").mkdir()   # a history that cannot be written
+    broken = History(tmp_path / "h3.jsonl")
+    with caplog.at_level("INFO", logger="pi2pi.supervisor"):
+        assert [broken.append(["camera"]) for _ in range(3)] == [False, False, False]
+        (tmp_path / "h3.jsonl").rmdir()
+        assert broken.append(["camera"]) is True
+    messages = [r.message for r in caplog.records]
+    assert len([m for m in messages if "cannot append" in m]) == 1, messages
+    assert "history: writing again after 3 failed attempts" in messages
