@@ -2,7 +2,7 @@
 
     .venv/bin/fab call [--video-only | --audio-only] [--size WxH] [--fps N] [--quality Q]
     .venv/bin/fab hangup
-    .venv/bin/fab stats [--call ID] [--json]
+    .venv/bin/fab stats [--call ID] [--json] | --list [--json] | [--call ID] --plot FILE.png
     .venv/bin/fab status [--json]
     .venv/bin/fab watch [--seconds N]
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from fabric import task
@@ -69,9 +70,28 @@ def hangup(c):
     with_controller(lambda controller: controller.hang_up())
 
 
-@task(help={"call": "an earlier call's id (default: the last)", "json": "one JSON object keyed by direction"})
-def stats(c, call=None, json_=False):
-    """The last call's figures per direction (video and audio, each way)."""
+@task(help={"call": "an earlier call's id (default: the last)", "json": "one JSON object keyed by direction",
+            "list": "every call recorded here, a line each, newest last",
+            "plot": "draw the call over its time (fps, kbps, latency, audio buffer) into this PNG file"})
+def stats(c, call=None, json_=False, list_=False, plot=None):
+    """The last call's figures per direction (video and audio, each way); --list, --plot FILE.png."""
+    if list_ and (call is not None or plot is not None):
+        raise Exit("fab stats: --list shows every call; it goes with neither --call nor --plot", code=2)
+    if list_:
+        calls = report.call_list()
+        print(json.dumps(calls, sort_keys=True) if json_ else "\n".join(report.list_lines(calls)))
+        return
+    if plot is not None:
+        if json_:
+            raise Exit("fab stats: --plot writes a picture; --json does not go with it", code=2)
+        from controller import plot as drawing   # only when asked to draw
+        try:
+            drawn = drawing.plot_call(call, Path(plot))
+        except (report.NoStats, drawing.CannotPlot) as err:
+            raise Exit(f"fab stats: {err}", code=1) from None
+        print(f"call {drawn['call']}: {drawn['seconds']:.0f} s drawn ({drawn['points']} points; history lines: "
+              f"{', '.join(f'{side} {n}' for side, n in drawn['lines'].items())}) in {drawn['path']}")
+        return
     try:
         figures = report.call_stats(call)
     except report.NoStats as err:

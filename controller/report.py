@@ -1,4 +1,5 @@
-"""`fab stats`: a call's figures per direction, from the stats both Pis wrote.
+"""`fab stats`: a call's figures per direction, from the stats both Pis wrote;
+`fab stats --list`: every call recorded here, a line each.
 
 A direction pairs one side's sender with the other side's receiver:
 
@@ -91,15 +92,21 @@ def _refused(record: Dict[str, Any]) -> Optional[int]:
     return int(record.get("refused") or 0) + int(record.get("unproven") or 0)
 
 
-def call_stats(call_id: Optional[str] = None) -> Dict[str, Any]:
-    """{"call": id, "control": what fab recorded, "directions": {direction: figures}}."""
+def resolve(call_id: Optional[str] = None) -> str:
+    """The call asked for (default: the last one recorded), or NoStats saying what is there."""
     calls = store.calls()
     if call_id is None:
         if not calls:
             raise NoStats(f"no calls recorded in {store.root()} yet: `fab call`, then `fab hangup`")
-        call_id = calls[-1]
-    elif call_id not in calls:
+        return calls[-1]
+    if call_id not in calls:
         raise NoStats(f"no call {call_id} in {store.root()} (known: {', '.join(calls[-5:]) or 'none'})")
+    return call_id
+
+
+def call_stats(call_id: Optional[str] = None) -> Dict[str, Any]:
+    """{"call": id, "control": what fab recorded, "directions": {direction: figures}}."""
+    call_id = resolve(call_id)
     control = store.control(call_id)
     dirs = side_dirs(call_id)
     if not dirs:
@@ -154,4 +161,78 @@ def table(stats: Dict[str, Any]) -> List[str]:
     for name, d in stats["directions"].items():
         if d["missing"]:
             lines.append(f"{name}: missing {', '.join(d['missing'])}")
+    return lines
+
+
+# ----- fab stats --list -------------------------------------------------------------
+
+SIDES = ("natpi", "gwpi")
+HISTORY = "history.jsonl"   # the supervisor's line a second (runtime/pi2pi/supervisor.py)
+
+
+def call_record(call_id: str) -> Dict[str, Any]:
+    """One call as --list shows it: what fab recorded, and what arrived from each side."""
+    control = store.control(call_id)
+    dirs = side_dirs(call_id) if store.call_dir(call_id).is_dir() else {}
+    summaries = [read(path / "summary.json") or {} for path in dirs.values()]
+    durations = [s["duration_s"] for s in summaries if isinstance(s.get("duration_s"), (int, float))]
+    duration = max(durations) if durations else None
+    if duration is None and control.get("started") and control.get("hung_up"):
+        duration = round(control["hung_up"] - control["started"], 3)   # fab's clock: nothing fetched
+    missing: List[str] = []
+    if dirs:
+        for d in call_stats(call_id)["directions"].values():
+            missing += [m for m in d["missing"] if m not in missing]
+    return {
+        "call": call_id, "media": control.get("media"), "transport": control.get("transport"),
+        "duration_s": duration, "call_setup_s": control.get("call_setup_s"), "hangup_s": control.get("hangup_s"),
+        "fetched": [side for side in SIDES if side in dirs],
+        "missing": missing,
+        "complete": len([s for s in SIDES if s in dirs]) == len(SIDES) and not missing,
+        "history": [side for side in SIDES if side in dirs and (dirs[side] / HISTORY).is_file()],
+    }
+
+
+def call_list() -> List[Dict[str, Any]]:
+    """Every call recorded here, oldest first (so the newest is last, next to the prompt)."""
+    return [call_record(call_id) for call_id in store.calls()]
+
+
+def duration(seconds: Optional[float]) -> str:
+    """12.3 s under a minute, else H:MM:SS."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _sides(found: List[str]) -> str:
+    if len(found) == len(SIDES):
+        return "both"
+    return f"{found[0]} only" if found else "none"
+
+
+def list_lines(records: List[Dict[str, Any]]) -> List[str]:
+    """`fab stats --list`: a header, then a line per call, newest last."""
+    if not records:
+        return [f"no calls recorded in {store.root()} yet: `fab call`, then `fab hangup`"]
+    columns = ("call", "media", "transport", "duration", "set up s", "hang-up s", "stats", "history")
+    rows = []
+    for r in records:
+        if not r["fetched"]:
+            arrived = "none fetched"
+        elif len(r["fetched"]) < len(SIDES):
+            arrived = _sides(r["fetched"])
+        elif r["missing"]:
+            more = len(r["missing"]) - 2
+            arrived = "missing " + ", ".join(r["missing"][:2]) + (f" and {more} more" if more > 0 else "")
+        else:
+            arrived = "both sides"
+        rows.append((r["call"], r["media"] or "-", r["transport"] or "-", duration(r["duration_s"]),
+                     _fmt(r["call_setup_s"], 1), _fmt(r["hangup_s"], 1), arrived, _sides(r["history"])))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     return lines
