@@ -33,7 +33,8 @@ from controller import report, store, watch
 from controller.call import DIRECTIONS, SIDES
 
 HISTORY = report.HISTORY
-PAIR_S = 0.5              # two sides' lines this close are one moment (each side writes one a second)
+PAIR_S = 0.6              # two sides' lines this close are one moment: each side writes one a second,
+                          # so a partner is always this near, even with the two phases half a second apart
 SIZE_PX = (1200, 1000)    # the PNG's width and height
 DPI = 100
 MINUTES_AFTER_S = 1200    # a longer call is drawn over minutes instead of seconds

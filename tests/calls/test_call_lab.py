@@ -235,3 +235,70 @@ def test_a_two_minute_call_grows_nothing(site: Lab) -> None:
     report = soak.soak(site, 2.0)
     print(json.dumps(report["programs"], sort_keys=True))
     assert report["ok"], report["problems"]
+
+
+def test_a_call_is_listed_and_drawn_afterwards_from_both_pis_history(site: Lab) -> None:
+    """Each Pi keeps a line of history a second in its call directory; `fab hangup`
+    fetches it with the stats; `fab stats --plot` on natpi draws the call from it, and
+    what it draws is the call's own figures (the fps `fab stats` counted)."""
+    import statistics
+
+    from PIL import Image
+
+    from controller import plot
+    from tests.calls.lab_call import CALLS, placed_call
+
+    lab = site
+    call = placed_call(lab)
+    natpi_history = lab.host_path("natpi", f"{CALLS}/{call}/history.jsonl")
+
+    def lines_on_natpi() -> int:
+        try:
+            return natpi_history.read_text().count("\n")
+        except FileNotFoundError:
+            return 0
+
+    wait_for(lambda: lines_on_natpi() >= 8, 30, "8 lines of history on natpi")
+    hung = fab(lab, "hangup")
+    assert hung.returncode == 0 and "all stats fetched" in hung.stdout, shows(hung)
+
+    png = "/tmp/pi2pi-call-plot.png"
+    drawn = fab(lab, "stats", "--plot", png)
+    assert drawn.returncode == 0 and f"call {call}: " in drawn.stdout, shows(drawn)
+    assert "Traceback" not in drawn.stderr
+    with Image.open(lab.host_path("natpi", png)) as image:
+        assert image.format == "PNG" and image.size == plot.SIZE_PX, (image.format, image.size)
+        image.verify()
+
+    # The same extraction over the fetched files: both sides' history arrived, a point
+    # a second, and the count fab printed is the count drawn.
+    fetched = {side: lab.host_path("natpi", f"{STORE}/{call}/{side}/history.jsonl") for side in ("natpi", "gwpi")}
+    assert all(path.is_file() for path in fetched.values()), fetched
+    data = plot.series({side: plot.read_history(path) for side, path in fetched.items()})
+    assert data["lines"]["natpi"] >= 8 and data["lines"]["gwpi"] >= 8, data["lines"]
+    points = len(data["t"])
+    assert max(data["lines"].values()) <= points <= sum(data["lines"].values()), (points, data["lines"])
+    assert f"({points} points;" in drawn.stdout, (points, drawn.stdout)
+    # As many seconds as lines (gwpi's side comes up, and its history starts, a little earlier).
+    assert 0.9 * (max(data["lines"].values()) - 1) <= data["t"][-1] <= max(data["lines"].values()) + 3, data["t"]
+    stats = directions(lab, call)
+    assert set(data["kbps"]) == {"video natpi -> gwpi", "video gwpi -> natpi", "audio natpi -> gwpi",
+                                 "audio gwpi -> natpi"}, data["kbps"].keys()
+    for direction, name in (("video natpi -> gwpi", "video_natpi_to_gwpi"), ("video gwpi -> natpi", "video_gwpi_to_natpi")):
+        counted = stats[name]["fps"]   # over the whole call, from the viewer's own stats
+        per_second = [v for v in data["fps"][direction] if v is not None]
+        # Each second's rate is near the call's; the first second and those after the
+        # senders stopped (0) are lower, so the median of those with frames and the max.
+        assert statistics.median(v for v in per_second if v > 0) == pytest.approx(counted, rel=0.25), \
+            (direction, counted, per_second)
+        assert 0.75 * counted <= max(per_second) <= 1.4 * counted + 1, (direction, counted, per_second)
+        latencies = [v for v in data["latency_ms"][direction] if v is not None]
+        assert latencies and all(0 <= v < 1000 for v in latencies), (direction, latencies)
+    for direction in ("audio natpi -> gwpi", "audio gwpi -> natpi"):
+        assert any(v for v in data["buffer_ms"][direction] if v is not None), (direction, data["buffer_ms"])
+        assert max(v for v in data["kbps"][direction] if v is not None) > 10, (direction, data["kbps"][direction])
+
+    listed = fab(lab, "stats", "--list")
+    assert listed.returncode == 0, shows(listed)
+    last = listed.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"{call} ") and "both sides" in last and last.split()[-1] == "both", listed.stdout
