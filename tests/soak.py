@@ -138,6 +138,7 @@ def fab(lab: Lab, *args: str, timeout: float = 180) -> subprocess.CompletedProce
 
 def soak(lab: Lab, minutes: float) -> Dict[str, Any]:
     """A call of `minutes` on a provisioned lab; the report (its "ok" says whether every bound held)."""
+    from controller.call import in_parallel
     from tests.calls.lab_call import directions, placed_call, shows
     duration_s = minutes * 60.0
     short = minutes < 10
@@ -146,9 +147,15 @@ def soak(lab: Lab, minutes: float) -> Dict[str, Any]:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for host in ("natpi", "gwpi")}
     series: Dict[str, Series] = {}
+    # Both samplers' output read at once: a sampler whose pipe nobody reads
+    # blocks on its next line (a pipe holds about 160 of them) and stops sampling.
+    outputs = in_parallel({host: (lambda proc=proc: proc.communicate(timeout=duration_s + 60))
+                           for host, proc in samplers.items()})
     try:
         for host, proc in samplers.items():
-            out, err = proc.communicate(timeout=duration_s + 60)
+            if isinstance(outputs[host], Exception):
+                raise RuntimeError(f"{host}'s sampler: {outputs[host]}")
+            out, err = outputs[host]
             if proc.returncode != 0:
                 raise RuntimeError(f"{host}'s sampler failed: {err.strip()[-500:]}")
             start: Optional[float] = None
@@ -174,7 +181,9 @@ def soak(lab: Lab, minutes: float) -> Dict[str, Any]:
             problems.append(f"{name}: sent {d['sent']}, received {d['received']}, missing {d['missing']}")
         if d["duration_s"] is None or d["duration_s"] < duration_s:
             problems.append(f"{name}: ran {d['duration_s']} s of the {duration_s:.0f} s call")
-    return {"call": call, "minutes": minutes, "bound": f"RSS growth <= {SHORT_GROWTH_MIB} MiB" if short else
+    return {"call": call, "minutes": minutes,
+            "series": {name: {"t": s.t, "rss_kb": s.rss_kb, "fds": s.fds, "threads": s.threads}
+                       for name, s in sorted(series.items())}, "bound": f"RSS growth <= {SHORT_GROWTH_MIB} MiB" if short else
             f"RSS slope <= {SLOPE_MIB_PER_H} MiB/h", "programs": programs,
             "directions": {n: {k: d[k] for k in ("sent", "received", "fps", "kbps", "duration_s")} for n, d in
                            stats.items()}, "problems": problems, "ok": not problems}
@@ -184,6 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", "30")),
                         help="how long the call runs (default: $SOAK_MINUTES or 30)")
+    parser.add_argument("--series", metavar="FILE", help="also write every sample here (JSON)")
     args = parser.parse_args(argv)
     if args.minutes < 1:
         parser.error("--minutes: at least 1 (the warm-up needs a part of the call)")
@@ -201,6 +211,11 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"growth {verdict['rss_growth_mib']:+.3f} MiB, fds {verdict['fds']}, threads {verdict['threads']}")
     for problem in report["problems"]:
         print(f"PROBLEM: {problem}")
+    if args.series:
+        with open(args.series, "w") as f:
+            json.dump(report["series"], f)
+        print(f"the samples: {args.series}")
+    del report["series"]
     print(json.dumps(report, sort_keys=True))
     return 0 if report["ok"] else 1
 
