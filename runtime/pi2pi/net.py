@@ -315,6 +315,7 @@ class Listener:
             self.sock.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}") from None
         self.sock.listen(MAX_PENDING)
+        self.sock.setblocking(False)   # poll() takes dialers in only while some wait
         self.address = self.sock.getsockname()
         self.handshakes: Dict[socket.socket, Handshake] = {}
         self.unproven = 0  # dialers that failed the token handshake (wrong, silent, too slow)
@@ -327,41 +328,65 @@ class Listener:
     def accept(self, stop: threading.Event, poll_s: float = POLL_S) -> Optional[socket.socket]:
         """Wait for a dialer that passes the handshake; None once stop is set."""
         while not stop.is_set():
-            now = time.monotonic()
-            for shake in [h for h in self.handshakes.values() if h.deadline <= now]:
-                self._drop(shake, "no complete answer within the handshake's deadline")
-            wait = min([poll_s] + [h.deadline - now for h in self.handshakes.values()])
-            readable, _, _ = select.select([self.sock, *self.handshakes], [], [], max(0.0, wait))
-            for sock in readable:
-                conn = self._accept_one() if sock is self.sock else self._advance(self.handshakes[sock])
+            conn = self.poll(poll_s)
+            if conn is not None:
+                return conn
+        return None
+
+    def poll(self, timeout_s: float = 0.0) -> Optional[socket.socket]:
+        """One step of accept(): drop handshakes past their deadline, wait at most
+        timeout_s (0: not at all) for something to read, challenge whoever dialed
+        and advance every handshake that sent something; a socket that proved the
+        token, if one did (the others stay pending for the next step). Bounded
+        work: at most MAX_PENDING dialers taken in and MAX_PENDING handshakes
+        read, however many strangers dial."""
+        now = time.monotonic()
+        for shake in [h for h in self.handshakes.values() if h.deadline <= now]:
+            self._drop(shake, "no complete answer within the handshake's deadline")
+        wait = min([timeout_s] + [h.deadline - now for h in self.handshakes.values()])
+        readable, _, _ = select.select([self.sock, *self.handshakes], [], [], max(0.0, wait))
+        for sock in readable:
+            if sock is self.sock:
+                for _ in range(MAX_PENDING):   # empty the kernel's queue, so it never turns the peer away
+                    taken, conn = self._accept_one()
+                    if conn is not None:
+                        return conn
+                    if not taken:
+                        break
+            else:
+                conn = self._advance(self.handshakes[sock])
                 if conn is not None:
                     return conn
         return None
 
-    def _accept_one(self) -> Optional[socket.socket]:
+    def _accept_one(self) -> Tuple[bool, Optional[socket.socket]]:
+        """Take in one waiting dialer: (whether one was waiting, its socket if it needs no handshake)."""
         try:
             conn, peer = self.sock.accept()
+        except BlockingIOError:
+            return False, None
         except OSError as err:
             log.warning("accept failed: %s", err)
-            return None
+            return False, None
         if self.token is None:
+            conn.setblocking(True)
             tune(conn)
             log.info("accepted %s:%d", peer[0], peer[1])
-            return conn
+            return True, conn
         if len(self.handshakes) >= MAX_PENDING:
             log.warning("refused %s:%d: %d handshakes already under way", peer[0], peer[1], MAX_PENDING)
             self.refused += 1
             conn.close()
-            return None
+            return True, None
         nonce = os.urandom(NONCE_SIZE)
         try:
             conn.setblocking(False)
             conn.send(challenge_message(nonce))   # 21 bytes into an empty send buffer
         except OSError:
             conn.close()
-            return None
+            return True, None
         self.handshakes[conn] = Handshake(conn, peer[:2], nonce, time.monotonic() + self.handshake_timeout_s)
-        return None
+        return True, None
 
     def _advance(self, shake: Handshake) -> Optional[socket.socket]:
         """Read what the dialer sent; its socket once it proved the token (and got our proof)."""
