@@ -19,6 +19,12 @@ trickles its bytes, and a listener runs every pending handshake at once, so a
 slow stranger cannot keep the real peer waiting. Without a token the programs
 speak the seed's bare protocol.
 
+One call, one peer: a listener serves one connection at a time. With a token,
+a dialer that proves it while a peer is served replaces that connection (the
+partner dials only after giving its old one up, so the old one is dead even
+when this end cannot tell yet); without one, other dialers are closed
+(`PeerLink.superseded`).
+
 A dialer that fails, or whose connection ends soon after it was made, waits
 before it dials again: a delay that doubles up to a cap, with jitter
 (`Backoff`), instead of redialling in a tight loop. Every wait gives way to the
@@ -319,7 +325,7 @@ class Listener:
         self.address = self.sock.getsockname()
         self.handshakes: Dict[socket.socket, Handshake] = {}
         self.unproven = 0  # dialers that failed the token handshake (wrong, silent, too slow)
-        self.refused = 0   # dialers turned away: a peer was served, or too many handshakes at once
+        self.refused = 0   # dialers turned away: a peer was served (no token), or too many handshakes at once
 
     def pending(self, timeout_s: float = 0.0) -> bool:
         readable, _, _ = select.select([self.sock], [], [], timeout_s)
@@ -425,7 +431,7 @@ class Listener:
 
     def refuse_pending(self, why: str) -> None:
         """Close dialers that arrive, or are still in their handshake, while a peer is
-        being served (one call, one peer)."""
+        being served without a token (nothing tells the peer from a stranger then)."""
         for shake in list(self.handshakes.values()):
             log.warning("refused %s:%d: %s", shake.peer[0], shake.peer[1], why)
             self.refused += 1
@@ -449,8 +455,18 @@ class Listener:
 
 class PeerLink:
     """One peer at a time, whichever way the program is set up: dialed (with
-    retries) or accepted (after the token handshake). Counts reconnections,
-    refuses a second dialer while a peer is served, counts unproven dialers."""
+    retries) or accepted (after the token handshake). Counts reconnections and
+    unproven dialers.
+
+    While a listener serves its peer it asks superseded() now and then. With a
+    token, whoever dials meanwhile is challenged as usual (a stranger fails and
+    counts as unproven; the peer served is not disturbed), and a dialer that
+    proves the token replaces the connection served: only the call's partner
+    holds the token, and it dials only after giving its old connection up, so
+    the old one is dead even if this end cannot tell yet (a tunnel that keeps
+    it open, a half-open TCP connection). Without a token nothing tells the
+    partner from a stranger: other dialers are closed without a word (refused).
+    """
 
     def __init__(self, connect: Optional[str], listen: Optional[str], token: Optional[bytes], stream: str) -> None:
         self.token = token
@@ -468,6 +484,7 @@ class PeerLink:
         self.backoff = Backoff()
         self._connected_at: Optional[float] = None
         self._short_lived = False         # the last connection ended soon after it was made
+        self._next: Optional[socket.socket] = None   # the peer's newer connection, served next
 
     def state(self) -> str:
         """What the link is doing, in a user's words: for a live status line."""
@@ -496,7 +513,9 @@ class PeerLink:
 
     def next_peer(self, stop: threading.Event) -> Optional[socket.socket]:
         """Block until a peer is connected (None once stop is set)."""
-        if self.listener is not None:
+        if self._next is not None:        # the peer dialed again while its old connection was served
+            sock, self._next = self._next, None
+        elif self.listener is not None:
             sock = self.listener.accept(stop)
         else:
             assert self.target is not None
@@ -522,11 +541,26 @@ class PeerLink:
         self.peer = None
         self._short_lived = self._connected_at is not None and time.monotonic() - self._connected_at < SHORT_LIVED_S
 
-    def refuse_others(self) -> None:
-        """While serving a peer, close whoever else dials (one call, one peer)."""
-        if self.listener is not None:
+    def superseded(self) -> bool:
+        """While serving a peer, deal with whoever else dials; True when the peer has
+        dialed again: the caller ends the connection it serves, and next_peer()
+        hands out the new one at once. Non-blocking, bounded work (Listener.poll)."""
+        if self._next is not None:
+            return True
+        if self.listener is None:
+            return False
+        if self.token is None:
             self.listener.refuse_pending("already serving a peer")
+            return False
+        self._next = self.listener.poll()
+        if self._next is None:
+            return False
+        log.info("the peer dialed again: its new connection replaces this one")
+        return True
 
     def close(self) -> None:
+        if self._next is not None:
+            self._next.close()
+            self._next = None
         if self.listener is not None:
             self.listener.close()

@@ -320,3 +320,135 @@ def test_a_peer_that_drops_the_dialer_at_once_is_redialled_with_backoff():
     server.close()
     # 0.5 + 1 s of backoff in the first 2 s: a tight loop would have made hundreds.
     assert 2 <= len(accepted) <= 5, len(accepted)
+
+
+# ----- while a peer is served: the peer dialing again replaces it -------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proven_dial(port: int, token: bytes = TOKEN, stream: str = "video") -> socket.socket:
+    """Dial and answer the challenge with the token (the listener's proof comes back
+    only when it polls: run this beside the polling)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    net.respond(sock, token, stream)
+    return sock
+
+
+def poll_until(link: net.PeerLink, condition, timeout_s: float = 5.0) -> bool:
+    """Ask superseded() at the programs' cadence until it says True or the condition holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if link.superseded():
+            return True
+        if condition():
+            return False
+        time.sleep(0.02)
+    raise AssertionError("neither superseded nor the condition in time")
+
+
+def test_with_a_token_the_peer_dialing_again_replaces_the_connection_served():
+    link = net.PeerLink(None, f"127.0.0.1:{free_port()}", TOKEN, "video")
+    port = link.address[1]
+    stop = threading.Event()
+    dialed = []
+    first_dialer = threading.Thread(target=lambda: dialed.append(proven_dial(port)))
+    first_dialer.start()
+    served = link.next_peer(stop)
+    first_dialer.join(5)
+    assert served is not None and link.connections == 1 and not link.superseded()
+    # A stranger: challenged, answers wrongly, closed and counted unproven; the peer stays served.
+    stranger = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert not poll_until(link, lambda: link.listener.handshakes)   # taken in and challenged
+    assert len(stranger.recv(net.CHALLENGE_SIZE)) == net.CHALLENGE_SIZE
+    stranger.sendall(net.ANSWER_MAGIC + bytes(net.NONCE_SIZE + net.DIGEST_SIZE))
+    assert not poll_until(link, lambda: link.unproven == 1)
+    assert stranger.recv(1) == b"" and link.refused == 0 and link.peer is not None
+    # The partner dials again (it gave the first connection up): superseded, and next_peer hands it out at once.
+    again = threading.Thread(target=lambda: dialed.append(proven_dial(port)))
+    again.start()
+    assert poll_until(link, lambda: False)
+    again.join(5)
+    assert len(dialed) == 2 and link.superseded()   # asked again before next_peer: still True
+    served.close()
+    link.lost()
+    started = time.monotonic()
+    replacement = link.next_peer(stop)
+    assert replacement is not None and time.monotonic() - started < 0.1
+    assert link.reconnects == 1 and not link.superseded()
+    replacement.sendall(b"new")
+    assert dialed[1].recv(3) == b"new"
+    for s in (replacement, stranger, *dialed):
+        s.close()
+    link.close()
+
+
+def test_a_kept_replacement_is_closed_with_the_link():
+    link = net.PeerLink(None, f"127.0.0.1:{free_port()}", TOKEN, "audio")
+    port = link.address[1]
+    stop = threading.Event()
+    dialed = []
+    threading.Thread(target=lambda: dialed.append(proven_dial(port, stream="audio"))).start()
+    served = link.next_peer(stop)
+    threading.Thread(target=lambda: dialed.append(proven_dial(port, stream="audio"))).start()
+    assert poll_until(link, lambda: False)
+    link.close()   # the program stops before it takes the new connection
+    deadline = time.monotonic() + 5
+    while len(dialed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    dialed[1].settimeout(5)
+    assert dialed[1].recv(1) == b""
+    for s in (served, *dialed):
+        s.close()
+
+
+def test_without_a_token_other_dialers_are_refused_while_a_peer_is_served():
+    link = net.PeerLink(None, f"127.0.0.1:{free_port()}", None, "video")
+    port = link.address[1]
+    stop = threading.Event()
+    first = socket.create_connection(("127.0.0.1", port), timeout=5)
+    served = link.next_peer(stop)
+    other = socket.create_connection(("127.0.0.1", port), timeout=5)
+    assert not poll_until(link, lambda: link.refused == 1)
+    assert other.recv(100) == b""   # closed without a word
+    assert link.unproven == 0 and link.reconnects == 0
+    for s in (first, served, other):
+        s.close()
+    link.close()
+
+
+def test_a_flood_of_strangers_neither_blocks_poll_nor_keeps_the_partner_out():
+    """poll() takes in at most MAX_PENDING dialers and reads at most MAX_PENDING
+    handshakes per call, never waits; the strangers beyond MAX_PENDING are turned
+    away (refused), the silent ones expire (unproven); the partner still gets in."""
+    listener = net.Listener("127.0.0.1", 0, TOKEN, "video", handshake_timeout_s=1.0)
+    port = listener.address[1]
+    strangers = []
+    for _ in range(3):   # as many at a time as the kernel's queue holds (listen's backlog)
+        strangers += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(net.MAX_PENDING)]
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert listener.poll() is None
+        assert time.monotonic() - started < 0.1
+    assert len(listener.handshakes) == net.MAX_PENDING and listener.refused == 2 * net.MAX_PENDING
+    for stranger in strangers[net.MAX_PENDING:]:
+        assert stranger.recv(1) == b""   # turned away without a challenge
+    time.sleep(1.1)   # the silent strangers' handshakes expire
+    dialed = []
+    partner = threading.Thread(target=lambda: dialed.append(proven_dial(port)))
+    partner.start()
+    proven = None
+    deadline = time.monotonic() + 5
+    while proven is None and time.monotonic() < deadline:
+        proven = listener.poll()
+        time.sleep(0.02)
+    partner.join(5)
+    assert proven is not None and dialed
+    assert listener.unproven == net.MAX_PENDING
+    assert listener.refused + listener.unproven == len(strangers)
+    for s in (proven, *dialed, *strangers):
+        s.close()
+    listener.close()

@@ -92,36 +92,52 @@ def huge_dimensions_jpeg() -> bytes:
     return bytes(data)
 
 
-@pytest.fixture
-def viewer(tmp_path: Path):
+def start_viewer(tmp_path: Path, token: bool = True) -> Program:
+    """A listening viewer on a file framebuffer; with the call's token unless told otherwise."""
     port = free_port()
-    (tmp_path / "token").write_bytes(TOKEN)
-    (tmp_path / "token").chmod(0o600)
+    token_args: List[str] = []
+    if token:
+        (tmp_path / "token").write_bytes(TOKEN)
+        (tmp_path / "token").chmod(0o600)
+        token_args = ["--token-file", "token"]
     program = Program(["viewer", "--listen", f"127.0.0.1:{port}", "--fb", "fb.raw", "--fb-geometry", GEOMETRY,
-                       "--stats", "stats", "--token-file", "token", "--stall-s", str(STALL_S),
+                       "--stats", "stats", *token_args, "--stall-s", str(STALL_S),
                        "--frame-deadline-s", str(FRAME_DEADLINE_S), "--max-frame", "1000000"],
                       tmp_path)
     program.wait_for("listening on")
     program.port = port  # type: ignore[attr-defined]
+    return program
+
+
+@pytest.fixture
+def viewer(tmp_path: Path):
+    program = start_viewer(tmp_path)
     yield program
     if program.proc.poll() is None:
         program.proc.kill()
         program.proc.wait()
 
 
+def shown(tmp_path: Path) -> Optional[Tuple[str, int]]:
+    """The label (host, frame number) on the viewer's file framebuffer; None while it shows none."""
+    try:
+        return label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240))
+    except ValueError:
+        return None
+
+
+def wait_shown(tmp_path: Path, viewer: Program, label: str, seq: int, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while shown(tmp_path) != (label.upper(), seq):
+        assert time.monotonic() < deadline, f"{label} #{seq} was never painted:\n" + viewer.log()
+        time.sleep(0.05)
+
+
 def send_good_frame_and_check(viewer: Program, tmp_path: Path, label: str, seq: int) -> None:
     sock = dial(viewer.port)  # type: ignore[attr-defined]
     frame = pattern_jpeg(label, seq)
     sock.sendall(header(seq, len(frame)) + frame)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            if label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240)) == (label.upper(), seq):
-                break
-        except ValueError:
-            pass
-        assert time.monotonic() < deadline, "the good frame was never painted:\n" + viewer.log()
-        time.sleep(0.05)
+    wait_shown(tmp_path, viewer, label, seq)
     sock.close()
     viewer.wait_for("the peer closed the connection", count=seq)
 
@@ -229,23 +245,56 @@ def test_each_bad_peer_is_logged_closed_and_counted_and_the_viewer_keeps_serving
     assert "Traceback" not in viewer.log()
 
 
-def test_a_second_dialer_is_refused_while_a_peer_is_served(viewer: Program, tmp_path: Path) -> None:
+def test_strangers_dialing_while_a_peer_is_served_fail_the_handshake_and_the_peer_stays(viewer: Program,
+                                                                                        tmp_path: Path) -> None:
+    """With the call's token, whoever dials while a peer is served is challenged: a
+    stranger fails (unproven) and the peer served is not disturbed."""
     first = dial(viewer.port)  # type: ignore[attr-defined]
     frame = pattern_jpeg("first-peer", 1)
     first.sendall(header(1, len(frame)) + frame)
-    second = socket.create_connection(("127.0.0.1", viewer.port), timeout=5)  # type: ignore[attr-defined]
-    assert closed_by_viewer(second)
-    viewer.wait_for("already serving a peer")
-    frame = pattern_jpeg("first-peer", 2)
-    first.sendall(header(2, len(frame)) + frame)  # the first peer is still served
-    deadline = time.monotonic() + 5
-    while label_at(fb_rgb(tmp_path / "fb.raw", GEOMETRY), (0, 0), (320, 240), (320, 240)) != ("FIRST-PEER", 2):
-        assert time.monotonic() < deadline, viewer.log()
-        time.sleep(0.05)
+    wait_shown(tmp_path, viewer, "first-peer", 1)
+    silent = socket.create_connection(("127.0.0.1", viewer.port), timeout=5)  # type: ignore[attr-defined]
+    assert silent.recv(net.CHALLENGE_SIZE)[:4] == net.CHALLENGE_MAGIC   # challenged, then says nothing
+    with pytest.raises(net.HandshakeError):
+        dial(viewer.port, token=b"another-call-token-0123456789")  # type: ignore[attr-defined]
+    viewer.wait_for("not this call's token")
+    for seq in (2, 3):   # the first peer is still served, the silent stranger pending meanwhile
+        frame = pattern_jpeg("first-peer", seq)
+        first.sendall(header(seq, len(frame)) + frame)
+        wait_shown(tmp_path, viewer, "first-peer", seq)
+    assert closed_by_viewer(silent, within_s=net.HANDSHAKE_TIMEOUT_S + 2)   # at its handshake's deadline
+    viewer.wait_for("within the handshake's deadline")
+    frame = pattern_jpeg("first-peer", 4)
+    first.sendall(header(4, len(frame)) + frame)
+    wait_shown(tmp_path, viewer, "first-peer", 4)
     first.close()
     assert viewer.stop() == 0
     stats = read_stats(tmp_path / "stats", "viewer")
-    assert stats["refused"] == 1 and stats["corrupt"] == 0 and stats["frames"] == 2
+    assert stats["unproven"] == 2 and stats["refused"] == 0 and stats["reconnects"] == 0
+    assert stats["corrupt"] == 0 and stats["frames"] == 4
+
+
+def test_without_a_token_a_second_dialer_is_refused_while_a_peer_is_served(tmp_path: Path) -> None:
+    """The seed's bare protocol cannot tell the partner from a stranger: a second
+    dialer is closed without a word (refused), the first peer keeps being served."""
+    viewer = start_viewer(tmp_path, token=False)
+    first = dial(viewer.port, token=None)  # type: ignore[attr-defined]
+    frame = pattern_jpeg("first-peer", 1)
+    first.sendall(header(1, len(frame)) + frame)
+    wait_shown(tmp_path, viewer, "first-peer", 1)
+    second = socket.create_connection(("127.0.0.1", viewer.port), timeout=5)  # type: ignore[attr-defined]
+    second.settimeout(5)
+    assert second.recv(100) == b""   # not even a challenge
+    second.close()
+    viewer.wait_for("already serving a peer")
+    frame = pattern_jpeg("first-peer", 2)
+    first.sendall(header(2, len(frame)) + frame)  # the first peer is still served
+    wait_shown(tmp_path, viewer, "first-peer", 2)
+    first.close()
+    assert viewer.stop() == 0
+    stats = read_stats(tmp_path / "stats", "viewer")
+    assert stats["refused"] == 1 and stats["unproven"] == 0 and stats["reconnects"] == 0
+    assert stats["corrupt"] == 0 and stats["frames"] == 2
 
 
 def test_a_new_frame_size_every_frame_does_not_grow_the_viewer(viewer: Program, tmp_path: Path) -> None:

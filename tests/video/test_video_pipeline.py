@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pi2pi import net
 from tests.video.helpers import Program, expected_host, fb_rgb, free_port, label_at, read_stats
 
 TOKEN = "0123456789abcdef-video-test-token"
@@ -63,18 +64,22 @@ def test_viewer_dials_a_listening_camera_into_a_small_16bpp_screen(tmp_path: Pat
     viewer.wait_for("shown at scale 5/8")   # 640x480 fits 420x330 at 5/8: 400x300
     time.sleep(0.3)
     first = label_at(fb_rgb(fb, geometry), (20, 10), (400, 300), (640, 480))
-    # A second dialer is refused by the listening camera; the viewer keeps getting frames.
+    # A stranger dialing the listening camera meanwhile is challenged like anyone, answers
+    # without the token, and is closed; the viewer keeps getting frames.
     stranger = socket.create_connection(("127.0.0.1", port), timeout=5)
     stranger.settimeout(5)
-    assert stranger.recv(100) == b""  # closed without a word, not even a challenge
-    camera.wait_for("already serving a peer")
+    challenge = stranger.recv(net.CHALLENGE_SIZE)
+    assert challenge[:4] == net.CHALLENGE_MAGIC, challenge
+    stranger.sendall(net.ANSWER_MAGIC + bytes(net.NONCE_SIZE + net.DIGEST_SIZE))
+    assert stranger.recv(100) == b""  # no proof back, no media: closed
+    camera.wait_for("not this call's token")
     stranger.close()
     time.sleep(0.5)
     assert viewer.stop(signal.SIGTERM) == 0, viewer.log()
     assert camera.finish() == 0, camera.log()  # --once: the viewer went, so the camera ends
     view, cam = read_stats(tmp_path / "stats", "viewer"), read_stats(tmp_path / "stats", "camera")
     assert view["reason"] == "signal SIGTERM" and cam["reason"] == "peer gone"
-    assert cam["refused"] == 1 and cam["corrupt"] == 0
+    assert cam["unproven"] == 1 and cam["refused"] == 0 and cam["reconnects"] == 0 and cam["corrupt"] == 0
     assert view["scale"] == "5/8" and view["fb_geometry"] == "440x340x16"
     host, seq = label_at(fb_rgb(fb, geometry), (20, 10), (400, 300), (640, 480))
     assert host == "GWPI-SIDE" and first[0] == "GWPI-SIDE"

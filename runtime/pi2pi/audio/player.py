@@ -6,8 +6,10 @@ clocked by the output device, takes one frame at a time from the playout.
 
 A peer is dropped when it sends nothing for --stall-s, pauses --stall-s inside a
 packet, or does not finish a packet (length byte and packet) within --stall-s
-of its first byte, and after MAX_BAD_IN_A_ROW unplayable packets. A stop
-request ends even a half-read packet within 0.2 s (wire.Stopped, lifecycle.py).
+of its first byte, and after MAX_BAD_IN_A_ROW unplayable packets. A listening
+listen whose peer dials again (proving the call's token) drops the connection it
+serves at once and plays from the new one (net.PeerLink). A stop request ends
+even a half-read packet within 0.2 s (wire.Stopped, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -91,7 +93,8 @@ class Receiver:
             except wire.Stopped:
                 return
             except socket.timeout:
-                self.link.refuse_others()
+                if self.link.superseded():   # the peer dialed again: this connection is dead
+                    return
                 if time.monotonic() - idle_since > self.settings.stall_s:
                     c.stalls += 1
                     log.warning("peer sent nothing for %.1f s; dropping it", self.settings.stall_s)
@@ -129,8 +132,8 @@ class Receiver:
             c.packets += 1
             c.audio_ms += duration
             self.buffer.push(packet, duration, now_ms())
-            if c.packets % 50 == 0:
-                self.link.refuse_others()
+            if c.packets % 50 == 0 and self.link.superseded():
+                return
 
 
 def run(settings: ListenSettings) -> int:
@@ -151,7 +154,7 @@ def run(settings: ListenSettings) -> int:
             "bytes": r.bytes,
             "kbps": round(r.bytes * 8 / r.audio_ms, 2) if r.audio_ms else 0.0,
             "reconnects": link.reconnects if link else 0,
-            "refused": link.refused if link else 0,      # second dialers turned away
+            "refused": link.refused if link else 0,      # dialers turned away (no token, or too many at once)
             "unproven": link.unproven if link else 0,    # dialers without this call's token
             "drift_ppm": buffer.drift_ppm(),
             "zero_length": r.zero_length,

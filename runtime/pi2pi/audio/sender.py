@@ -4,8 +4,10 @@ Capture never stops while the peer is away (a connector thread dials or
 accepts in the background), so the device never overruns and a reconnect
 sends fresh audio, not a stale backlog. More than --max-backlog-ms waiting to
 leave drops frames; --stall-s of dropping, or a packet the peer does not take
-within --stall-s, drops the peer. A stop request wins within 0.2 s, even
-half-way through sending a packet (wire.send_frame, lifecycle.py).
+within --stall-s, drops the peer. A listening talk whose peer dials again
+(proving the call's token) drops the connection it serves at once and sends to
+the new one (net.PeerLink). A stop request wins within 0.2 s, even half-way
+through sending a packet (wire.send_frame, lifecycle.py).
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ from pi2pi.lifecycle import ProgramRun
 from pi2pi.stats import Samples
 
 log = logging.getLogger(__name__)
+
+# Every this many frames (0.2 s of 20 ms ones), a listening talk asks whether its
+# peer dialed again (net.PeerLink.superseded): a dead connection does not slow
+# capture down, so nothing else brings the question sooner.
+SUPERSEDED_EVERY = 10
 
 
 @dataclass
@@ -78,6 +85,10 @@ class Connector:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
+        if self._thread is not None:
+            # It handed over the socket being dropped, so it is ending (if not gone):
+            # a new one must start even if the drop came right after the hand-over.
+            self._thread.join(1.0)
         if self._thread is None or not self._thread.is_alive():
             self._thread = self.run.worker(self._connect, "connector")
 
@@ -122,7 +133,7 @@ def run(settings: TalkSettings) -> int:
             "concealed": 0,
             "dropped": counters.dropped,
             "reconnects": link.reconnects if link else 0,
-            "refused": link.refused if link else 0,      # second dialers turned away
+            "refused": link.refused if link else 0,      # dialers turned away (no token, or too many at once)
             "unproven": link.unproven if link else 0,    # dialers without this call's token
             "buffer_ms": {"mean": round(sum(values) / len(values), 1) if values else 0.0,
                           "max": round(max(values), 1) if values else 0.0},
@@ -184,8 +195,9 @@ def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, captu
                 if sock is None:
                     continue
                 dropping_since = None
-            if counters.frames_captured % 50 == 0:
-                link.refuse_others()   # one call, one peer
+            if counters.frames_captured % SUPERSEDED_EVERY == 0 and link.superseded():
+                sock = _drop(sock, connector)   # the peer dialed again: its new connection is next
+                continue
             if net.peer_hung_up(sock):
                 log.warning("peer closed the connection; waiting for it again")
                 sock = _drop(sock, connector)

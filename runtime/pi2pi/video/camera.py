@@ -10,7 +10,9 @@ frame the sender waits until the peer has acknowledged all but half a frame
 filling the kernel's buffers with old ones.
 
 A peer that acknowledges nothing for --stall-s, or does not take a whole frame
-within --stall-s, is dropped (and redialled or waited for again). A stop request
+within --stall-s, is dropped (and redialled or waited for again). A listening
+camera whose peer dials again (proving the call's token) drops the connection
+it serves at once and sends to the new one (net.PeerLink). A stop request
 ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pi2pi.lifecycle import WORKER_JOIN_S, ProgramRun
 log = logging.getLogger(__name__)
 
 STREAM = "video"
+SUPERSEDED_POLL_S = 0.2   # while waiting on the peer's acknowledgements, ask this often whether it dialed again
 
 
 FORMAT_NAMES = ("MJPG", "JPEG", "YUYV", "YU12", "NV12")  # as video.source.FORMAT_PREFERENCE (kept light here)
@@ -204,6 +207,7 @@ class Sender:
         counters = self.counters
         drain = DrainRate()
         sent = 0
+        asked = time.monotonic()   # when the link was last asked whether the peer dialed again
         while not self.run.stop.is_set():
             # First wait until what the peer has not acknowledged fits the link's
             # budget, then take the newest frame: frames captured meanwhile replace
@@ -219,8 +223,14 @@ class Sender:
                     return None
                 if now - waited_since > self.stall_s:
                     return f"the peer acknowledged nothing for {self.stall_s:.1f} s"
+                if now - asked >= SUPERSEDED_POLL_S:   # a dead link acknowledges nothing: ask here too
+                    asked = now
+                    if self.link.superseded():
+                        return None
             item = self.slot.take(0.2)
-            self.link.refuse_others()
+            asked = time.monotonic()
+            if self.link.superseded():   # the peer dialed again: this connection is dead
+                return None
             if item is None:
                 if net.peer_hung_up(sock):
                     return "the peer closed the connection"

@@ -8,7 +8,9 @@ screen from --at X,Y, and painted. (One thread, not a receiver thread and a
 painter: on a busy 2-core machine the hand-over between two Python threads
 cost more CPU and tail latency than the draining does.) Bytes that break the
 protocol close that connection with a log line; the viewer keeps serving and
-takes the next peer.
+takes the next peer. A listening viewer whose peer dials again (proving the
+call's token) drops the connection it serves at once and paints from the new
+one (net.PeerLink).
 
 A peer is dropped (`corrupt` counted) when it pauses --stall-s (2 s) inside a
 frame or when a frame is not whole --frame-deadline-s (10 s) after its first
@@ -142,34 +144,37 @@ class Receiver:
             if sock is None:
                 break
             try:
-                self.serve(sock)
+                replaced = self.serve(sock)
             finally:
                 sock.close()
                 self.link.lost()
-            if self.once and not self.run.stop.is_set():
+            if self.once and not replaced and not self.run.stop.is_set():
                 self.run.end("peer gone")
 
-    def serve(self, sock: socket.socket) -> None:
+    def serve(self, sock: socket.socket) -> bool:
+        """Paint the peer's frames until it goes or we stop; True when the peer
+        dialed again (its new connection is served next)."""
         from pi2pi.video.jpeg import JpegError, check_jpeg
         from pi2pi.video.link import newer_frame_waiting
 
         counters = self.counters
-        last_frame_at = last_refusal_check = time.monotonic()
+        last_frame_at = last_asked = time.monotonic()
         while not self.run.stop.is_set():
             now = time.monotonic()
-            if now - last_refusal_check >= 0.2:
-                self.link.refuse_others()
-                last_refusal_check = now
+            if now - last_asked >= 0.2:
+                last_asked = now
+                if self.link.superseded():   # the peer dialed again: this connection is dead
+                    return True
                 self.periodic_snapshot()
             try:
                 header, payload = wire.read_video_frame(sock, self.max_frame, self.stall_s, first_wait_s=0.2,
                                                         deadline_s=self.frame_deadline_s, stop=self.run.stop)
             except wire.Stopped:
-                return
+                return False
             except socket.timeout:
                 if time.monotonic() - last_frame_at > self.peer_timeout_s:
                     log.warning("closing the connection: no frame for %.1f s", self.peer_timeout_s)
-                    return
+                    return False
                 continue
             except wire.PeerClosed as err:
                 if err.partial:
@@ -177,20 +182,20 @@ class Receiver:
                     log.warning("closing the connection: %s", err)
                 else:
                     log.info("the peer closed the connection")
-                return
+                return False
             except (wire.ProtocolError, wire.Stalled) as err:
                 counters.corrupt += 1
                 log.warning("closing the connection: %s", err)
-                return
+                return False
             except OSError as err:
                 log.warning("closing the connection: %s", err)
-                return
+                return False
             try:
                 check_jpeg(payload, self.max_frame)
             except JpegError as err:
                 counters.corrupt += 1
                 log.warning("closing the connection: frame %d is not a JPEG: %s", header.seq, err)
-                return
+                return False
             last_frame_at = time.monotonic()
             quick_ack(sock)
             counters.received += 1
@@ -202,7 +207,8 @@ class Receiver:
                 counters.dropped += 1   # a whole newer frame is already here: paint that one
                 continue
             if not self.painter.paint(Received(header, payload)):
-                return  # not a decodable JPEG: counted and logged by the painter
+                return False  # not a decodable JPEG: counted and logged by the painter
+        return False
 
     def periodic_snapshot(self) -> None:
         if self.snapshot_path and self.snapshot_every > 0 and \
