@@ -11,6 +11,7 @@ import os
 import socket
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -35,21 +36,32 @@ def percentiles(samples: Sequence[float], points: Sequence[int] = (50, 95, 99)) 
 
 
 class Samples:
-    """A bounded reservoir of measurements (ms), so a 3-hour call keeps its memory flat."""
+    """A bounded reservoir of measurements (ms), so a 3-hour call keeps its memory flat.
+
+    The reservoir is allocated whole when it is made (8 bytes a value, 160 kB at
+    the default limit), so a program's memory does not creep up while it fills
+    (a list of float objects grew 32 bytes a value for the first 20 000 frames:
+    22 minutes at 15 fps, which a soak reads as a leak).
+    """
 
     def __init__(self, limit: int = 20000) -> None:
         self.limit = limit
-        self.values: List[float] = []
+        self._store = array("d", bytes(8 * limit))
         self.seen = 0
 
+    @property
+    def values(self) -> Sequence[float]:
+        """The values kept (all of them until the limit, then a uniform sample)."""
+        return self._store[:min(self.seen, self.limit)]
+
     def add(self, value: float) -> None:
-        self.seen += 1
-        if len(self.values) < self.limit:
-            self.values.append(value)
+        if self.seen < self.limit:
+            self._store[self.seen] = value
         else:  # keep a uniform sample of everything seen (reservoir sampling)
-            slot = int.from_bytes(os.urandom(4), "little") % self.seen
+            slot = int.from_bytes(os.urandom(4), "little") % (self.seen + 1)
             if slot < self.limit:
-                self.values[slot] = value
+                self._store[slot] = value
+        self.seen += 1
 
     def summary(self) -> Dict[str, Optional[float]]:
         return percentiles(self.values)

@@ -24,11 +24,11 @@ def test_a_flat_program_passes_and_a_slow_leak_does_not() -> None:
 
 
 def test_the_short_run_bounds_growth_and_ignores_a_file_open_for_a_moment() -> None:
-    blip = judge(series(120, lambda t: 40_000, fds=lambda t: 13 if t == 60 else 12), 120, short=True)
+    blip = judge(series(120, lambda t: 40_000, fds=lambda t: 13 if t == 90 else 12), 120, short=True)
     assert blip["problems"] == [] and blip["fds"] == [12], blip
-    kept = judge(series(120, lambda t: 40_000, fds=lambda t: 13 if t >= 60 else 12), 120, short=True)
+    kept = judge(series(120, lambda t: 40_000, fds=lambda t: 13 if t >= 90 else 12), 120, short=True)
     assert kept["fds"] == [12, 13] and any("open fds varied" in p for p in kept["problems"]), kept
-    grows = judge(series(120, lambda t: 40_000 + t * 40), 120, short=True)   # ~3.7 MiB in 96 s
+    grows = judge(series(120, lambda t: 40_000 + t * 60), 120, short=True)   # ~2.9 MiB in the 2nd minute
     assert any("RSS grew" in p for p in grows["problems"]), grows
 
 
