@@ -53,7 +53,7 @@ try:
                 break
             data += chunk
             if len(data) >= 21:   # a challenge: answer it with a guess
-                s.sendall(b"P2PR" + bytes(32))
+                s.sendall(b"P2PR" + bytes(48))   # a whole (wrong) answer: refused at once
     except socket.timeout:
         pass
     out["bytes"], out["first"] = len(data), data[:4].decode("latin-1")
