@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from tests.audio.harness import free_port
 from tests.memcheck import valgrind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,20 +37,6 @@ TOKEN = "memcheck-call-token-0123456789abcdef"
 START_S = 240.0     # a Python program's start under valgrind: tens of seconds on a busy 2-core machine
 FLOW_S = 300.0      # until the media has flowed as asked
 END_S = 300.0       # SIGTERM to exit, valgrind's leak search included
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range (no outgoing connection takes it meanwhile)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000..32000")
 
 
 class Program:
