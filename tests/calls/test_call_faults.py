@@ -12,6 +12,8 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
+from pi2pi.audio.jitter import FLOOD_MARGIN_MS
+from pi2pi.audio.settings import ListenSettings
 from tests.calls.lab_call import (PORTS, directions, fab, far_picture_moves, heard, live, placed_call, provision,
                                   screen_label, shows, site_status)
 from tests.calls.sides import wait_for
@@ -22,6 +24,7 @@ UPLINK_CUT_S = 10        # the issue's outage
 BACK_WITHIN_S = 15       # media again this soon after the link returns, without a new fab call
 NOTICED_WITHIN_S = 10    # "within a few seconds": fab status says a killed side's media stopped
 SIDES = {"natpi": "gwpi", "gwpi": "natpi"}   # each host and the far side whose picture it shows
+LISTEN = ListenSettings()                    # the Pis' listen runs with its defaults but the floor
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +141,12 @@ def test_a_lossy_delayed_link_keeps_video_latency_bounded_and_audio_concealed(si
         assert stats[name]["fps"] >= 5, (name, stats[name]["fps"])   # the cameras send 10
     for name, host in (("audio_natpi_to_gwpi", "gwpi"), ("audio_gwpi_to_natpi", "natpi")):
         d = stats[name]
-        assert isinstance(d["underruns"], int) and d["concealed"] >= 0, d
-        assert d["buffer_ms"]["max"] < 1000, d
+        # Underruns are counted, and each is concealed (Opus's concealment, not silence).
+        assert isinstance(d["underruns"], int) and d["concealed"] >= d["underruns"], d
+        # The buffer holds on average no more than its configured maximum; a burst after a
+        # lost segment's retransmission may pass it for a moment, never the queue's hard bound.
+        assert d["buffer_ms"]["mean"] <= LISTEN.buffer_max, d
+        assert d["buffer_ms"]["max"] <= LISTEN.buffer_max + FLOOD_MARGIN_MS, d
         # The far voice is still there to be recognised, from the sound alone.
         assert heard(lab, call, host) == SIDES[host].upper()
 
