@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from controller import store
+from controller.report import DIRECTIONS as REPORT_DIRECTIONS, PROGRAMS
 from controller.remote import Connections, Remote, Say, Unreachable
 from controller.site import Site
 
 SIDES = ("natpi", "gwpi")
-DIRECTIONS = {   # the programs of a direction: (sender side, program), (receiver side, program)
-    "video natpi -> gwpi": (("natpi", "camera"), ("gwpi", "viewer")),
-    "video gwpi -> natpi": (("gwpi", "camera"), ("natpi", "viewer")),
-    "audio natpi -> gwpi": (("natpi", "talk"), ("gwpi", "listen")),
-    "audio gwpi -> natpi": (("gwpi", "talk"), ("natpi", "listen")),
-}
+# The programs of a direction, by its name in a user's words ("video natpi -> gwpi"):
+# (sender side, program), (receiver side, program); the pairing is report.DIRECTIONS'.
+DIRECTIONS = {f"{kind} {sender} -> {receiver}": ((sender, PROGRAMS[kind][0]), (receiver, PROGRAMS[kind][1]))
+              for kind, sender, receiver in REPORT_DIRECTIONS.values()}
 SETUP_TIMEOUT_S = 30.0   # from the dialers' start to media both ways
 
 

@@ -133,15 +133,10 @@ def judge(series: Series, duration_s: float, short: bool) -> Dict[str, Any]:
             "fds": fds, "threads": threads, "problems": problems}
 
 
-def fab(lab: Lab, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    from tests.calls.lab_call import fab as run_fab
-    return run_fab(lab, *args, timeout=timeout)
-
-
 def soak(lab: Lab, minutes: float) -> Dict[str, Any]:
     """A call of `minutes` on a provisioned lab; the report (its "ok" says whether every bound held)."""
     from controller.call import in_parallel
-    from tests.calls.lab_call import directions, placed_call, shows
+    from tests.calls.lab_call import directions, fab, placed_call, shows
     duration_s = minutes * 60.0
     short = minutes < 10
     call = placed_call(lab)
