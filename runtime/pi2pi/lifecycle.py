@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from pi2pi import stats
 
@@ -47,6 +47,69 @@ LIVE_SCHEMA = "pi2pi.live/1"
 LIVE_PERIOD_S = 1.0     # a live snapshot at least this often
 LIVE_POLL_S = 0.1       # how soon a change of peer or flow is published
 LIVE_EVENTS = ("state", "peer", "flowing")  # live fields whose change is published at once
+
+
+def _ignore(_signum: int, _frame: Optional[FrameType]) -> None:
+    """The Python-level handler: nothing (SignalWatch's thread does the work)."""
+
+
+class SignalWatch:
+    """Signals delivered to `on_signal` by a thread of their own, never inside a handler.
+
+    A Python signal handler runs in the main thread between any two bytecodes, also
+    inside `threading.Event.wait` while that holds the Event's lock; a handler that
+    sets the Event then waits for its own lock for ever (seen in CI: a camera that
+    never ended after SIGTERM). So the handler does nothing: the interpreter's C
+    handler writes the signal's number to a pipe (`signal.set_wakeup_fd`), and this
+    thread reads it and calls `on_signal` as any other thread would. Outside the
+    main thread (where handlers cannot be set) it does nothing.
+    """
+
+    def __init__(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:
+        self.signums = frozenset(int(s) for s in signums)
+        self.on_signal = on_signal
+        self._previous: Dict[int, Any] = {}
+        self._previous_fd = -1
+        self._pipe: Optional[tuple] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "SignalWatch":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self._pipe = (read_end, write_end)
+        self._previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        for signum in self.signums:
+            self._previous[signum] = signal.signal(signum, _ignore)
+        self._thread = threading.Thread(target=self._watch, args=(read_end,), name="signals", daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self, read_end: int) -> None:
+        while True:
+            try:
+                numbers = os.read(read_end, 64)
+            except OSError:
+                return
+            if not numbers:   # the write end closed: the watch is over
+                return
+            for signum in numbers:
+                if signum in self.signums:
+                    self.on_signal(signum)
+
+    def __exit__(self, *_exc: Any) -> None:
+        if self._pipe is None:
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        read_end, write_end = self._pipe
+        os.close(write_end)
+        if self._thread is not None:
+            self._thread.join(timeout=WORKER_JOIN_S)
+        os.close(read_end)
+        self._pipe = None
 
 
 class ProgramRun:
@@ -68,7 +131,7 @@ class ProgramRun:
         self.started = time.time()
         self.stats_path: Optional[Path] = None
         self.live_path = stats_dir / f"{program}.live.json"
-        self._previous: Dict[int, Any] = {}
+        self._signals = SignalWatch(STOP_SIGNALS, self._on_signal)
         self._deadline: Optional[threading.Timer] = None
         self._publisher: Optional[threading.Thread] = None
 
@@ -99,13 +162,11 @@ class ProgramRun:
         thread.start()
         return thread
 
-    def _on_signal(self, signum: int, _frame: Optional[FrameType]) -> None:
+    def _on_signal(self, signum: int) -> None:
         self.end(f"signal {signal.Signals(signum).name}")
 
     def __enter__(self) -> "ProgramRun":
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
+        self._signals.__enter__()
         if self.duration_s > 0:
             self._deadline = threading.Timer(self.duration_s, self.end, ["duration reached"])
             self._deadline.daemon = True
@@ -116,8 +177,7 @@ class ProgramRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, _tb: Any) -> bool:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        self._signals.__exit__()
         if exc_type is not None and self.reason is None:
             self.reason = "interrupted" if exc_type is KeyboardInterrupt else f"error: {exc}"
         self.stop.set()

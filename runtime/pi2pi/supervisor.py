@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pi2pi import config, stats
+from pi2pi.lifecycle import SignalWatch
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class Supervisor:
         self.signals: List[int] = []
         self.history = History(call_dir / HISTORY)
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def _on_signal(self, signum: int) -> None:
         self.signals.append(signum)
         self.wake.set()
 
@@ -450,23 +451,22 @@ def supervise(settings: Settings, call_id: str) -> int:
     request = Request(**{k: v for k, v in (read_json(call_dir / "call.json") or {}).items()
                          if k in {f.name for f in dataclasses.fields(Request)}})
     sup = Supervisor(settings, request, call_dir)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(signum, sup._on_signal)
-    stats.write_json(settings.calls_dir() / "current.json",
-                     {"call": call_id, "pid": os.getpid(), "side": settings.side, "started": request.started})
-    failure = sup.start()
-    if failure is not None:
-        log.error("the call did not start: %s", failure)
-        sup.hang_up()
-        ended_by = f"failed to start: {failure}"
-    else:
-        log.info("call %s up: %s", call_id, ", ".join(sup.programs))
-    _tell(ready_fd, {"ok": failure is None, "error": failure,
-                     "programs": {n: (read_json(call_dir / f"{n}.live.json") or {}).get("state")
-                                  for n in sup.programs}})
-    if failure is None:
-        ended_by = sup.run()
-    finish(settings, call_dir, ended_by, {n: p.describe() for n, p in sup.programs.items()})
+    with SignalWatch((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1), sup._on_signal):
+        stats.write_json(settings.calls_dir() / "current.json",
+                         {"call": call_id, "pid": os.getpid(), "side": settings.side, "started": request.started})
+        failure = sup.start()
+        if failure is not None:
+            log.error("the call did not start: %s", failure)
+            sup.hang_up()
+            ended_by = f"failed to start: {failure}"
+        else:
+            log.info("call %s up: %s", call_id, ", ".join(sup.programs))
+        _tell(ready_fd, {"ok": failure is None, "error": failure,
+                         "programs": {n: (read_json(call_dir / f"{n}.live.json") or {}).get("state")
+                                      for n in sup.programs}})
+        if failure is None:
+            ended_by = sup.run()
+        finish(settings, call_dir, ended_by, {n: p.describe() for n, p in sup.programs.items()})
     log.info("call %s ended: %s", call_id, ended_by)
     return 0 if failure is None else 1
 
