@@ -147,7 +147,7 @@ def watch(c, seconds=None):
 
     def show(controller: Controller) -> None:
         started = time.monotonic()
-        before: Optional[Dict[str, Any]] = None
+        earlier = live.Earlier()
         while limit is None or time.monotonic() - started < limit:
             asked = time.monotonic()
             sides = controller.ask_pis(tolerate_unreachable=True)
@@ -157,10 +157,9 @@ def watch(c, seconds=None):
                 return
             now = live.programs(calls)
             ids = sorted({call["call"] for call in calls.values() if call})
-            lines = live.table(live.figures(now, before),
+            lines = live.table(live.figures(now, earlier.update(now)),
                                media_state(calls, {k: s.name for k, s in sides.items()}))
             print(f"{clear}call {', '.join(ids)}, {time.strftime('%H:%M:%S')}\n" + "\n".join(lines) + "\n", flush=True)
-            before = now
             time.sleep(max(0.0, 1.0 - (time.monotonic() - asked)))
 
     try:

@@ -3,7 +3,10 @@
 Each Pi's `pi2pi status --json` carries its programs' live snapshots
 (`<program>.live.json`, schema pi2pi.live/1: cumulative counters and the time
 they were read). Rates come from two successive snapshots of the *receiving*
-program (what arrives is what a user sees and hears):
+program (what arrives is what a user sees and hears). A program writes its
+snapshot about once a second, so a look a second after the last may find the
+same one again: `Earlier` keeps, per program, the last snapshot older than the
+newest, and rates are taken against that.
 
     fps        pictures painted per second          viewer frames
     kbps       bytes read off the wire              viewer / listen bytes
@@ -17,7 +20,7 @@ A direction whose ends are not both connected shows why instead of figures
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from controller.call import DIRECTIONS
 
@@ -27,6 +30,27 @@ Snapshot = Dict[str, Dict[str, Any]]   # side -> program -> its status (live fie
 def programs(calls: Dict[str, Optional[Dict[str, Any]]]) -> Snapshot:
     """Each side's programs from its `pi2pi status` call record."""
     return {side: dict((call or {}).get("programs", {})) for side, call in calls.items()}
+
+
+class Earlier:
+    """Per program, the snapshot before its newest one (told apart by their `at`)."""
+
+    def __init__(self) -> None:
+        self.newest: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        self.before: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def update(self, now: Snapshot) -> Snapshot:
+        """Take in a look; what its rates are measured against."""
+        for side, records in now.items():
+            for name, record in records.items():
+                key = (side, name)
+                newest = self.newest.get(key)
+                if newest is None or record.get("at") != newest.get("at"):
+                    if newest is not None:
+                        self.before[key] = newest
+                    self.newest[key] = record
+        return {side: {name: self.before[(side, name)] for name in records if (side, name) in self.before}
+                for side, records in now.items()}
 
 
 def rate(now: Dict[str, Any], before: Optional[Dict[str, Any]], key: str, scale: float = 1.0) -> Optional[float]:

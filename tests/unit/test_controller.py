@@ -146,6 +146,15 @@ def test_watch_rates_come_from_the_receivers_two_snapshots() -> None:
     assert watch.figures(now, None)["video natpi -> gwpi"]["fps"] is None
     assert watch.figures(before, now)["video natpi -> gwpi"]["fps"] is None
 
+    # Two looks can find the same snapshot (written once a second): rates stay measured
+    # against the one before it, never shown as none.
+    earlier = watch.Earlier()
+    assert earlier.update(before) == {"natpi": {}, "gwpi": {}}
+    assert watch.figures(now, earlier.update(now))["video natpi -> gwpi"]["fps"] == 15.0
+    assert watch.figures(now, earlier.update(now))["video natpi -> gwpi"]["fps"] == 15.0
+    later = snap(103.0, 75, 12000)
+    assert watch.figures(later, earlier.update(later))["video natpi -> gwpi"]["fps"] == 15.0
+
     up = {d: {"up": True, "why": [], "reconnects": 0} for d in rows}
     up["audio natpi -> gwpi"] = {"up": False, "why": ["gwpi's listen ended: killed by SIGKILL"], "reconnects": 0}
     lines = watch.table(rows, up)
