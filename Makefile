@@ -7,14 +7,14 @@ LAB   := $(PY) -m tests.lab
 SOAK_MINUTES ?= 30
 FUZZ_RUNS ?= 100000
 
-.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio fuzz memcheck soak lock
+.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-audio bench-panel fuzz memcheck soak lock
 
 help:
 	@echo "make setup        Debian packages + .venv (every other target runs it)"
 	@echo "make test         all tests: unit, lint, media, lab, hardware lab (CI runs this)"
 	@echo "make demo         the lab end to end: provision, call, hang up, stats"
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
-	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark"
+	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark;  make bench-panel  the panel's picture cost"
 	@echo "make fuzz         fuzz each parser long (FUZZ_RUNS=$(FUZZ_RUNS) inputs each; make test runs a short one)"
 	@echo "make soak         a $(SOAK_MINUTES)-minute call in the lab: memory, fds, threads flat (SOAK_MINUTES=; make test runs 2)"
 	@echo "make memcheck     valgrind memcheck of camera->viewer and talk->listen: no leaks in the native libraries"
@@ -48,6 +48,9 @@ bench-video: setup
 
 bench-audio: setup
 	$(PY) -m tests.bench.audio
+
+bench-panel: setup
+	$(PY) -m tests.bench.panel
 
 # Every target, even after one found something; fails if any did.
 fuzz: setup

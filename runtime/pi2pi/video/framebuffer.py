@@ -240,6 +240,21 @@ class Framebuffer:
         index = [next(i for i, c in order.items() if c == channel) for channel in range(3)]
         return np.ascontiguousarray(self.screen[..., index])
 
+    def read_rgb(self, x: int, y: int, out: np.ndarray) -> np.ndarray:
+        """The screen's area at (x, y) of out's size, as RGB888 into `out` (H, W, 3),
+        clipped to the screen (what lies outside stays as it was); a view of what was filled."""
+        g = self.geometry
+        h = max(0, min(out.shape[0], g.height - y))
+        w = max(0, min(out.shape[1], g.width - x))
+        area = self.screen[y:y + h, x:x + w]
+        if g.bpp == 16:
+            rgb = rgb565_to_rgb(np.array(area))
+            out[:h, :w] = rgb[..., ::-1] if g.red_offset == 0 else rgb   # BGR565
+        else:
+            for channel, offset in enumerate((g.red_offset, g.green_offset, g.blue_offset)):
+                out[:h, :w, channel] = area[..., offset // 8]
+        return out[:h, :w]
+
     def close(self) -> None:
         self.screen = None  # type: ignore[assignment]  # drop the view before closing the map
         try:
