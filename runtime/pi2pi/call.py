@@ -3,12 +3,14 @@ person) drives it over ssh. The supervisor itself is supervisor.py.
 
     up      checks the settings (each program's own validation), writes the
             call's token from stdin (0600), clears what a dead call left,
-            starts the supervisor and returns once its programs listen or dial
+            starts the supervisor and returns once its programs listen or dial;
+            --by NAME records who placed the call (fab passes a Pi's inventory name)
     down    --senders: the first half of a hang-up; then everything (senders,
             a drain, receivers); harmless with no call up; returns how the
             call ended and which stats are missing
-    status  the call, its programs' live counters, the tunnel as this side
-            sees it; --wait-flowing S waits for media from the far side
+    status  the call (and who placed it), its programs' live counters, the
+            tunnel as this side sees it; --wait-flowing S waits for media from
+            the far side
 
 `fab hangup` runs `down --senders` on both Pis, then `down`, so no receiver
 stops before the far sender did.
@@ -237,6 +239,7 @@ def call_status(settings: Settings) -> Optional[Dict[str, Any]]:
         return None
     call_dir = settings.calls_dir() / str(record["call"])
     status = read_json(call_dir / "status.json") or {}
+    asked = read_json(call_dir / "call.json") or {}
     programs = {}
     for name, p in status.get("programs", {}).items():
         live = read_json(call_dir / f"{name}.live.json") or {}
@@ -246,7 +249,7 @@ def call_status(settings: Settings) -> Optional[Dict[str, Any]]:
                           **{k: v for k, v in live.items() if k not in ("schema", "program", "state")}}
         if not running and (p.get("exit") or 0) > 0:   # a signal's death leaves no last word
             programs[name]["error"] = last_error(call_dir / f"{name}.log")
-    return {"call": record["call"], "supervisor": "running" if record["alive"] else "gone",
+    return {"call": record["call"], "by": asked.get("by"), "supervisor": "running" if record["alive"] else "gone",
             "state": status.get("state", "?") if record["alive"] else "supervisor gone",
             "dir": str(call_dir), "programs": programs}
 
@@ -288,6 +291,13 @@ def wait_flowing(settings: Settings, timeout_s: float, say: Any) -> bool:
 # ----- the command line -----------------------------------------------------------------
 
 
+def caller(text: str) -> str:
+    """`up --by`: a name as safe as a call id (it is shown, logged and kept in call.json)."""
+    if not CALL_ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-' only (at most 64)")
+    return text
+
+
 def add_commands(commands: Any) -> None:
     p = commands.add_parser("up", help="start this Pi's side of a call (detached; returns once ready)")
     p.add_argument("--call", required=True, metavar="ID", help="the call's id (a new one per call)")
@@ -296,6 +306,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--fps", type=float, help="the camera's frame rate for this call")
     p.add_argument("--quality", type=int, metavar="Q", help="the camera's JPEG quality for this call")
     p.add_argument("--token-stdin", action="store_true", help="read the call's token from stdin")
+    p.add_argument("--by", metavar="NAME", type=caller,
+                   help="who placed the call (fab passes a Pi's inventory name); status shows it")
     p = commands.add_parser("down", help="stop the call that is up here (senders, then receivers)")
     p.add_argument("--senders", action="store_true", help="stop only the senders (the first half of a hang-up)")
     p = commands.add_parser("status", help="the call that is up here, its programs, the tunnel")
@@ -318,7 +330,8 @@ def iter_lines(result: Dict[str, Any]) -> Iterator[str]:
         if call is None:
             yield "no call is up"
             return
-        yield f"call {call['call']}: {call['state']} ({call['dir']})"
+        by = f" placed by {call['by']}" if call.get("by") else ""
+        yield f"call {call['call']}{by}: {call['state']} ({call['dir']})"
         for name, p in call["programs"].items():
             counts = ", ".join(f"{k} {p[k]}" for k in ("frames", "packets", "dropped", "underruns") if k in p)
             yield f"  {name}: {p['state']}{'; ' + counts if counts else ''}{'; ' + p['error'] if 'error' in p else ''}"

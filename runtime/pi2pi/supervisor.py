@@ -15,7 +15,7 @@ token file: the supervisor never starts one without it.
 
 The call directory `<calls>/<ID>/` holds everything about the call on this Pi:
 
-    call.json       what was asked (media, size, fps, quality), when
+    call.json       what was asked (media, size, fps, quality), when, and by whom
     status.json     the supervisor's view, rewritten on every change
     <program>.log   the program's own log (stderr)
     <program>.live.json  its counters while it runs (lifecycle.ProgramRun)
@@ -137,6 +137,7 @@ class Request:
     camera: Dict[str, Any]           # overrides of the camera's settings (size, fps, quality)
     config: Optional[str]            # the config file named on the command line, if any
     started: float = 0.0
+    by: Optional[str] = None         # who placed the call (a Pi's inventory name); None in a call.json from before
 
     def programs(self) -> List[str]:
         """Receivers first: a listener is ready before its far dialer tries."""

@@ -154,6 +154,41 @@ def test_a_program_started_for_a_call_without_a_token_refuses(sides, tmp_path: P
     assert result.returncode == 2 and "without the call's token" in result.stderr, result.stderr
 
 
+# ----- who placed the call (up --by) ---------------------------------------------------
+
+def up_by(side: Side, call: str, by: str) -> None:
+    """`pi2pi up` on one side with a caller, as the command line hands it over (a Request with `by`)."""
+    from pi2pi import call as calls, config, supervisor
+    settings = config.build(supervisor.Settings, supervisor.SECTION, config.load(str(side.config)), {})
+    request = supervisor.Request(call, ["audio"], {}, str(side.config), by=by)
+    calls.up(settings, request, TOKEN, lambda: None)
+
+
+def test_status_says_who_placed_the_call_and_an_older_call_json_still_reads(sides) -> None:
+    gwpi = sides["gwpi"]
+    up_by(gwpi, "c1", "gwpi")
+    assert json.loads((gwpi.calls / "c1" / "call.json").read_text())["by"] == "gwpi"
+    assert gwpi.status()["call"]["by"] == "gwpi"
+    text = gwpi.pi2pi("status").stdout
+    assert "call c1 placed by gwpi: " in text, text
+    # A call.json written before `by` existed: status and the supervisor read it the same.
+    from pi2pi import supervisor
+    asked = json.loads((gwpi.calls / "c1" / "call.json").read_text())
+    del asked["by"]
+    (gwpi.calls / "c1" / "call.json").write_text(json.dumps(asked))
+    assert gwpi.status()["call"]["by"] is None and " placed by " not in gwpi.pi2pi("status").stdout
+    assert supervisor.Request(**asked).by is None
+    assert gwpi.pi2pi("down").returncode == 0
+
+
+def test_up_takes_a_caller_name_and_refuses_anything_that_is_not_one(sides) -> None:
+    gwpi = sides["gwpi"]
+    assert "--by NAME" in gwpi.pi2pi("up", "--help").stdout
+    bad = gwpi.up("c1", "--by", "gwpi; id")
+    assert bad.returncode == 2 and "argument --by: 'gwpi; id': letters, digits" in bad.stderr, bad.stderr
+    assert not (gwpi.calls / "c1").exists() and call_processes(gwpi) == []
+
+
 # ----- the call's history (history.jsonl) --------------------------------------------
 
 COUNTERS = ("frames", "captured", "received", "bytes", "packets", "dropped", "corrupt", "underruns",
