@@ -1,6 +1,6 @@
 """pi2pi's call tasks, run on natpi (the controller) from the repository:
 
-    .venv/bin/fab call [--video-only | --audio-only] [--size WxH] [--fps N] [--quality Q]
+    .venv/bin/fab call [--video-only | --audio-only] [--size WxH] [--fps N] [--quality Q] [--by NAME]
     .venv/bin/fab hangup
     .venv/bin/fab stats [--call ID] [--json] | --list [--json] | [--call ID] --plot FILE.png
     .venv/bin/fab status [--json]
@@ -53,14 +53,16 @@ def with_controller(work: Callable[[Controller], None]) -> None:
 
 @task(help={"video-only": "video both ways, no audio", "audio-only": "audio both ways, no video",
             "size": "the cameras' frame size for this call (WxH)", "fps": "the cameras' frame rate",
-            "quality": "the cameras' JPEG quality (1..100)"})
-def call(c, video_only=False, audio_only=False, size=None, fps=None, quality=None):
+            "quality": "the cameras' JPEG quality (1..100)",
+            "by": "who places the call, as both Pis' status will say: a Pi's inventory name "
+                  "(default: natpi's, this controller's own)"})
+def call(c, video_only=False, audio_only=False, size=None, fps=None, quality=None, by=None):
     """Place a call: gwpi's listeners, then natpi's dialers; returns once media flows both ways."""
     if video_only and audio_only:
         raise Exit("fab call: --video-only and --audio-only exclude each other", code=2)
     options = Options(media="video" if video_only else "audio" if audio_only else "both", size=size,
                       fps=float(fps) if fps is not None else None,
-                      quality=int(quality) if quality is not None else None)
+                      quality=int(quality) if quality is not None else None, by=by)
     with_controller(lambda controller: controller.place_call(options))
 
 
@@ -120,7 +122,8 @@ def status(c, json_=False):
             if call_ is None:
                 print("  no call is up")
                 continue
-            print(f"  call {call_['call']}: {call_['state']}")
+            by = f" placed by {call_['by']}" if call_.get("by") else ""
+            print(f"  call {call_['call']}{by}: {call_['state']}")
             for program, p in call_["programs"].items():
                 print(f"    {program}: {p['state']}")
         for direction, media in found["media"].items():

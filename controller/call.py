@@ -3,7 +3,8 @@
     place_call   checks (both Pis answer, no call up, the tunnel, natpi's address
                  against the gateway's DNAT), a fresh token and call id, gwpi's
                  side first (the listeners), then natpi's (the dialers), then
-                 waits until media flows both ways
+                 waits until media flows both ways; both Pis record who placed
+                 it (`--by`: a Pi's inventory name, natpi's unless said)
     hang_up      senders on both Pis, then receivers on both, then both Pis'
                  call directories copied here
     site_status  what runs where, the tunnel, natpi's address against the DNAT
@@ -14,6 +15,7 @@ Pi's own answers, never from a copy. fabfile.py is a page of tasks over this.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -46,10 +48,12 @@ class Options:
     size: Optional[str] = None
     fps: Optional[float] = None
     quality: Optional[int] = None
+    by: Optional[str] = None                  # who places the call: a Pi's inventory name (None: natpi's)
 
     def up_arguments(self) -> str:
         words = ["--media", self.media]
-        for flag, value in (("--size", self.size), ("--fps", self.fps), ("--quality", self.quality)):
+        for flag, value in (("--size", self.size), ("--fps", self.fps), ("--quality", self.quality),
+                            ("--by", self.by)):
             if value is not None:
                 words += [flag, str(value)]
         return " ".join(shlex.quote(w) for w in words)
@@ -165,9 +169,16 @@ class Controller:
 
     # ----- placing a call -------------------------------------------------------------
 
+    def check_caller(self, by: Optional[str]) -> None:
+        """Refuse a caller that is not one of the inventory's Pis (before anything is asked)."""
+        names = [r.name for r in self.remotes]
+        if by is not None and by not in names:
+            raise CallFailed(f"--by {by}: who places a call is one of the inventory's Pis ({', '.join(names)})")
+
     def place_call(self, options: Options) -> Tuple[str, float]:
         """Start a call and return (call id, seconds until media flowed both ways)."""
         started = time.monotonic()
+        self.check_caller(options.by)
         self.say(f"asking {' and '.join(r.host.describe() for r in self.remotes)} how they are, "
                  f"and the gateway where natpi's address stands")
         asked = in_parallel({"pis": self.ask_pis, "gateway": self.gateway_check})
@@ -181,6 +192,8 @@ class Controller:
         if missing:
             raise CallFailed(f"no Pi says it is {', '.join(missing)}: check call.side in their configs")
         natpi, gwpi = sides["natpi"], sides["gwpi"]
+        # Unless someone else is named, the call is placed from here: natpi, the controller.
+        options = dataclasses.replace(options, by=options.by or natpi.name)
         for side in (gwpi, natpi):
             call = side.call
             if call is not None and call["supervisor"] == "running":
@@ -244,7 +257,8 @@ class Controller:
         setup_s = round(time.monotonic() - started, 2)
         store.update(call_id, {"call_setup_s": setup_s})
         what = {"both": "video and audio", "video": "video", "audio": "audio"}[options.media]
-        self.say(f"call {call_id} is up: {what} both ways ({transport} transport), {setup_s:.1f} s after fab call")
+        self.say(f"call {call_id} is up: {what} both ways ({transport} transport), {setup_s:.1f} s after fab call; "
+                 f"placed by {options.by}")
         return call_id, setup_s
 
     # ----- hanging up -----------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The controller's logic without hosts: the inventory's connection data, and
-a call's figures per direction from the stats files two Pis wrote."""
+"""The controller's logic without hosts: the inventory's connection data, a
+call's figures per direction from the stats files two Pis wrote, who placed a
+call, and what gwpi's panel key may ask natpi for (controller/panel_remote.py)."""
 from __future__ import annotations
 
 import json
@@ -161,3 +162,92 @@ def test_watch_rates_come_from_the_receivers_two_snapshots() -> None:
     assert lines[0].startswith("direction") and len(lines) == 5
     assert lines[1].split()[:5] == ["video", "natpi", "->", "gwpi", "15.0"]
     assert "DOWN: gwpi's listen ended: killed by SIGKILL" in lines[3]
+
+
+# ----- who placed a call (fab call --by) -------------------------------------------------
+
+class FakePi:
+    """A Pi as the controller reaches it: answers `pi2pi` commands, records them."""
+
+    def __init__(self, name: str, side: str) -> None:
+        from controller.site import Host
+        self.name, self.side, self.host = name, side, Host(name=name, address=name)
+        self.commands: list = []
+
+    def run(self, command: str, stdin=None, on_line=None, timeout: float = 60):
+        from controller.remote import Result
+        self.commands.append(command)
+        if command == "pi2pi status --json":
+            return Result(0, json.dumps({"side": self.side, "transport": "direct", "call": None,
+                                         "tunnel": {"up": True, "detail": "-"}}), "")
+        if command.startswith("pi2pi up "):
+            return Result(0, json.dumps({"call": "c", "side": self.side, "programs": {}}) + "\n", "")
+        return Result(0, "", "")   # status --wait-flowing: media arrived
+
+
+def controller_of(pis: list, said: list):
+    from controller.call import Controller
+    from controller.site import Host, Site
+    controller = Controller(Site("test", [Host(p.name, p.name) for p in pis], None), said.append)
+    controller.remotes = pis
+    return controller
+
+
+def up_command(pi: FakePi) -> str:
+    return next(c for c in pi.commands if c.startswith("pi2pi up "))
+
+
+def test_a_call_tells_both_pis_who_placed_it_natpi_unless_named(tmp_path: Path, monkeypatch) -> None:
+    from controller.call import Options
+    monkeypatch.setenv(store.ENV_STORE, str(tmp_path))
+    natpi, gwpi = FakePi("raspberrypi", "natpi"), FakePi("raspberrypi5", "gwpi")
+    said: list = []
+    call_id, _ = controller_of([natpi, gwpi], said).place_call(Options(media="audio"))
+    # Not named: natpi's inventory name (this controller's own side), on both Pis.
+    for pi in (natpi, gwpi):
+        assert " --by raspberrypi " in up_command(pi) + " ", pi.commands
+    assert said[-1].endswith("placed by raspberrypi"), said
+    assert json.loads((tmp_path / call_id / "control.json").read_text())["options"]["by"] == "raspberrypi"
+
+    natpi.commands.clear(), gwpi.commands.clear()
+    controller_of([natpi, gwpi], said).place_call(Options(media="audio", by="raspberrypi5"))
+    assert "--by raspberrypi5" in up_command(natpi) and "--by raspberrypi5" in up_command(gwpi)
+
+
+def test_a_caller_who_is_not_a_pi_of_the_inventory_is_refused_before_anything_runs(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    from controller.call import CallFailed, Options
+    monkeypatch.setenv(store.ENV_STORE, str(tmp_path))
+    natpi, gwpi = FakePi("natpi", "natpi"), FakePi("gwpi", "gwpi")
+    with pytest.raises(CallFailed, match=r"--by gwpi; id: who places a call is one of the inventory's Pis "
+                                         r"\(natpi, gwpi\)"):
+        controller_of([natpi, gwpi], []).place_call(Options(by="gwpi; id"))
+    assert natpi.commands == gwpi.commands == []
+
+
+def test_up_arguments_quote_every_word() -> None:
+    from controller.call import Options
+    assert Options(media="video", fps=5.0, by="gwpi").up_arguments() == "--media video --fps 5.0 --by gwpi"
+    assert Options(by="it's").up_arguments() == "--media both --by 'it'\"'\"'s'"
+
+
+def test_fab_status_says_who_placed_the_call(monkeypatch, capsys) -> None:
+    import invoke
+
+    import fabfile
+
+    class Found:
+        def site_status(self) -> dict:
+            call = {"call": "c1", "by": "gwpi", "state": "flowing", "programs": {"talk": {"state": "connected"}}}
+            return {"inventory": "inventory/lab", "media": {},
+                    "pis": {"natpi": {"side": "natpi", "transport": "direct", "tunnel": {"up": None, "detail": "-"},
+                                      "call": call},
+                            "gwpi": {"side": "gwpi", "transport": "direct", "tunnel": {"up": True, "detail": "-"},
+                                     "call": {**call, "by": None}}}}
+
+    monkeypatch.setattr(fabfile, "with_controller", lambda work: work(Found()))
+    fabfile.status(invoke.Context())
+    lines = capsys.readouterr().out.splitlines()
+    assert "  call c1 placed by gwpi: flowing" in lines
+    assert "  call c1: flowing" in lines   # a Pi whose call.json predates --by says nothing of it
+
