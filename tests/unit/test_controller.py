@@ -4,6 +4,7 @@ call, and what gwpi's panel key may ask natpi for (controller/panel_remote.py)."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,89 @@ def test_fab_status_says_who_placed_the_call(monkeypatch, capsys) -> None:
     assert "  call c1 placed by gwpi: flowing" in lines
     assert "  call c1: flowing" in lines   # a Pi whose call.json predates --by says nothing of it
 
+
+# ----- gwpi's panel key: the forced command on natpi (controller/panel_remote.py) -------
+
+CHECKOUT = Path("/home/pi/pi2pi")
+
+
+@pytest.mark.parametrize("asked, words", [
+    ("call", ["call", "--by", "gwpi"]),
+    ("call --video-only", ["call", "--video-only", "--by", "gwpi"]),
+    ("call --audio-only", ["call", "--audio-only", "--by", "gwpi"]),
+    ("hangup", ["hangup"]),
+    ("status", ["status"]),
+    ("status --json", ["status", "--json"]),
+])
+def test_the_panel_key_runs_fab_for_each_allowed_request(asked: str, words: list, monkeypatch,
+                                                         tmp_path: Path) -> None:
+    from controller import panel_remote
+    fab = str(CHECKOUT / ".venv/bin/fab")
+    assert panel_remote.fab_argv(CHECKOUT, panel_remote.task_words(asked), "gwpi") == [
+        fab, "-r", str(CHECKOUT), *words]
+    # As sshd runs it: exec (no shell) of the checkout's own fab, from the checkout.
+    ran: list = []
+    monkeypatch.chdir("/")
+    monkeypatch.setenv(panel_remote.ENV_INVENTORY, "from a profile")
+    code = panel_remote.main(["--by", "gwpi", "--inventory", "/home/pi/pi2pi/inventory/site"],
+                             {"SSH_ORIGINAL_COMMAND": asked, "SSH_CONNECTION": "127.0.0.1 4 127.0.0.1 22"},
+                             run=lambda path, args: ran.append((path, args, os.getcwd())), checkout=tmp_path)
+    fab = str(tmp_path / ".venv/bin/fab")
+    assert code == 0 and ran == [(fab, [fab, "-r", str(tmp_path), *words], str(tmp_path))]
+    # fab reads the inventory that provisioned the key.
+    assert os.environ[panel_remote.ENV_INVENTORY] == "/home/pi/pi2pi/inventory/site"
+
+
+@pytest.mark.parametrize("asked", [
+    None,                                   # ssh with no command: a shell
+    "", "id", "bash", "sh -c id", "fab call",
+    "call --by natpi",                      # the caller is this key's, never the client's
+    "call --video-only --audio-only", "call --size 1920x1080", "hangup now", "status --json --list",
+    "stats", "watch", "call; id", "call && id", "call | id", "call `id`", "call $(id)", "status\nid",
+    "call\x00", " call", "call ", "call  --audio-only", "CALL", "status > /tmp/x", "call --audio-only\r",
+    "x" * 5000,
+])
+def test_the_panel_key_refuses_anything_else_in_one_line(asked, monkeypatch, capsys, caplog) -> None:
+    from controller import panel_remote
+    ran: list = []
+    environ = {} if asked is None else {"SSH_ORIGINAL_COMMAND": asked}
+    with caplog.at_level("INFO", logger="pi2pi.panel_remote"):
+        code = panel_remote.main(["--by", "gwpi"], environ, run=lambda *a: ran.append(a), checkout=CHECKOUT)
+    assert code == panel_remote.REFUSED_EXIT == 2 and ran == []
+    err = capsys.readouterr().err
+    assert err.startswith("pi2pi panel: refused: ") and err.count("\n") == 1, err
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and logged[0].startswith("refused from ") and "\n" not in logged[0], logged
+    assert len(logged[0]) < 400, "a long request is cut short in the log"
+
+
+def test_the_panel_key_log_is_bounded_and_never_reaches_the_client(tmp_path: Path, capsys) -> None:
+    import logging
+
+    from controller import panel_remote
+    path = tmp_path / "state" / "panel-remote.log"
+    raising, propagating = logging.raiseExceptions, panel_remote.log.propagate
+    panel_remote.setup_log(path)
+    try:
+        for _ in range(3):
+            panel_remote.main(["--by", "gwpi"], {"SSH_ORIGINAL_COMMAND": "id"}, run=lambda *a: None,
+                              checkout=CHECKOUT)
+        assert path.read_text().count("refused from ? (key of gwpi): not one of the panel's commands: 'id'") == 3
+        handler = panel_remote.log.handlers[-1]
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        assert handler.maxBytes == panel_remote.LOG_MAX_BYTES and handler.backupCount == 1
+    finally:   # as it was for the other tests (caplog reads through propagation)
+        for handler in list(panel_remote.log.handlers):
+            panel_remote.log.removeHandler(handler)
+            handler.close()
+        logging.raiseExceptions, panel_remote.log.propagate = raising, propagating
+    assert capsys.readouterr().err.count("\n") == 3   # the refusals' own lines, nothing from the log
+
+
+def test_a_missing_fab_is_one_line_too(monkeypatch, capsys, tmp_path: Path) -> None:
+    from controller import panel_remote
+    monkeypatch.chdir(tmp_path)
+    code = panel_remote.main(["--by", "gwpi"], {"SSH_ORIGINAL_COMMAND": "status"}, checkout=tmp_path)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pi2pi panel: natpi cannot run ") and err.count("\n") == 1, err
