@@ -7,7 +7,8 @@ field name, default SUPPRESS so only flags given override the config file) and
 dataclass's own. Module top levels stay light (stdlib and pi2pi only) so
 `pi2pi config`, `pi2pi status` and `--help` work without the media libraries.
 
-`up`, `down` and `status` run one side of a call (call.py, supervisor.py).
+`up`, `down` and `status` run one side of a call (call.py, supervisor.py);
+`mute` and `volume` control the call that is up (controls.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Optional
 
-from pi2pi import __version__, call, config, log, supervisor
+from pi2pi import __version__, call, config, controls, log, supervisor
 
 PROGRAMS = {
     "camera": "pi2pi.video.camera",
@@ -91,6 +92,7 @@ def make_parser(modules: Dict[str, ModuleType]) -> argparse.ArgumentParser:
     show.add_argument("--check", action="store_true",
                       help="only validate every section the file has, as the programs do; exit 2 on a bad setting")
     call.add_commands(commands)
+    controls.add_commands(commands)
     return parser
 
 
@@ -190,6 +192,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command in ("up", "down", "status", "supervise"):
             log.setup(args.command, 0 if args.command == "status" else 1)
             return call_command(modules, args)
+        if args.command in controls.COMMANDS:
+            return controls.command(args)
         die_with_supervisor()
         module = modules[args.command]
         overrides: Dict[str, Any] = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
