@@ -4,6 +4,11 @@ Two threads: the receiver reads packets off the connection (and waits for the
 next one when a peer goes) and pushes them into the jitter buffer; the player,
 clocked by the output device, takes one frame at a time from the playout.
 
+The call's speaker volume (controls.py) scales the PCM the playout chose, just
+before it is played and recorded: the recording holds what is heard, and the
+playout still judges pauses by the signal as it came (at volume 0 every frame
+would look silent and be trimmed at will).
+
 A peer is dropped when it sends nothing for --stall-s, pauses --stall-s inside a
 packet, or does not finish a packet (length byte and packet) within --stall-s
 of its first byte, and after MAX_BAD_IN_A_ROW unplayable packets. A listening
@@ -22,9 +27,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from pi2pi import net, wire
+from pi2pi import controls, net, wire
 from pi2pi.audio.alsa_io import DeviceError, DeviceSettings, MixerSettings, Playback, apply_mixer
 from pi2pi.audio.codec import Decoder, OpusError
+from pi2pi.audio.gain import Gain
 from pi2pi.audio.jitter import JitterBuffer, JitterSettings, Playout, opus_packet_ms
 from pi2pi.audio.recording import Recorder
 from pi2pi.audio.settings import ListenSettings
@@ -143,6 +149,7 @@ def run(settings: ListenSettings) -> int:
     buffer = JitterBuffer(JitterSettings(min_ms=settings.buffer, max_ms=settings.buffer_max))
     state: Dict[str, Any] = {"receiver": None, "playout": None, "playback": None, "recorder": None,
                              "record_start": None}
+    watch = controls.Watch(settings.stats_dir())
 
     def snapshot() -> Dict[str, Any]:
         receiver, playback, recorder = state["receiver"], state["playback"], state["recorder"]
@@ -165,6 +172,7 @@ def run(settings: ListenSettings) -> int:
             "buffer_max_ms": settings.buffer_max,
             "record_files": [str(f) for f in recorder.files] if recorder else [],
             "record_start_unix": state["record_start"],
+            "volume": watch.controls.volume,
         }
         if p is None:
             return {**fields, "underruns": 0, "concealed": 0, "dropped": 0, "rejected": r.malformed,
@@ -197,7 +205,8 @@ def run(settings: ListenSettings) -> int:
                 "flowing": packets > 0, "packets": packets,
                 "bytes": receiver.counters.bytes if receiver else 0,
                 "underruns": p.underruns if p else 0, "concealed": p.concealed if p else 0,
-                "fill_ms": round(buffer.fill_ms(), 1), "reconnects": link.reconnects if link else 0}
+                "fill_ms": round(buffer.fill_ms(), 1), "reconnects": link.reconnects if link else 0,
+                "volume": watch.controls.volume}
 
     with ProgramRun("listen", settings.stats_dir(), settings.duration, snapshot,
                     live=live if settings.live else None) as run_:
@@ -215,7 +224,7 @@ def run(settings: ListenSettings) -> int:
                         capture=False)
             thread = run_.worker(receiver.loop, "receiver")
             try:
-                play(playout, playback, state, run_)
+                play(playout, playback, state, watch, run_)
             except (DeviceError, OSError) as err:
                 log.error("playback device %s failed: %s", settings.device, err)
                 run_.end(f"device error: {err}")
@@ -251,12 +260,15 @@ def make_playout(buffer: JitterBuffer, decoder: Decoder, settings: ListenSetting
     return Playout(buffer, decode, conceal, settings.rate, settings.channels)
 
 
-def play(playout: Playout, playback: Playback, state: Dict[str, Any], run_: ProgramRun) -> None:
+def play(playout: Playout, playback: Playback, state: Dict[str, Any], watch: controls.Watch,
+         run_: ProgramRun) -> None:
     """Play (and record) until the run stops, clocked by the output device."""
     recorder: Optional[Recorder] = state["recorder"]
     channels = playback.settings.channels
+    speaker = Gain(channels)
     while not run_.stop.is_set():
-        pcm = playout.next_frame(now_ms()).tobytes()
+        frame = playout.next_frame(now_ms())
+        pcm = speaker.apply(frame, watch.poll().volume / 100.0).tobytes()
         if not pcm:
             continue
         recording = recorder is not None and (state["record_start"] is not None or playout.playing)

@@ -4,9 +4,11 @@ Capture never stops while the peer is away (a connector thread dials or
 accepts in the background), so the device never overruns and a reconnect
 sends fresh audio, not a stale backlog. More than --max-backlog-ms waiting to
 leave drops frames; --stall-s of dropping, or a packet the peer does not take
-within --stall-s, drops the peer. A listening talk whose peer dials again
-(proving the call's token) drops the connection it serves at once and sends to
-the new one (net.PeerLink). A stop request wins within 0.2 s, even half-way
+within --stall-s, drops the peer. While the call's controls say muted
+(controls.py), talk sends silence: the same packets in real time, encoded from
+zeros, reached and left by a one-frame fade (audio/gain.py). A listening talk
+whose peer dials again (proving the call's token) drops the connection it
+serves at once and sends to the new one (net.PeerLink). A stop request wins within 0.2 s, even half-way
 through sending a packet (wire.send_frame, lifecycle.py).
 """
 from __future__ import annotations
@@ -19,9 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from pi2pi import net, wire
+from pi2pi import controls, net, wire
 from pi2pi.audio.alsa_io import Capture, DeviceError, DeviceSettings, MixerSettings, apply_mixer
 from pi2pi.audio.codec import CodecSettings, Encoder
+from pi2pi.audio.gain import Gain
 from pi2pi.audio.settings import TEST_SIGNAL, TalkSettings
 from pi2pi.lifecycle import ProgramRun
 from pi2pi.stats import Samples
@@ -41,6 +44,7 @@ class TalkCounters:
     dropped: int = 0          # frames not sent because the TCP queue was full
     stalls: int = 0
     frames_captured: int = 0
+    frames_muted: int = 0     # frames captured while muted (sent as silence)
     largest_packet: int = 0
 
 
@@ -118,6 +122,7 @@ def run(settings: TalkSettings) -> int:
                             settings.period_ms, settings.periods, settings.pace)
     counters = TalkCounters()
     backlog = Samples()
+    watch = controls.Watch(settings.stats_dir())
     state: Dict[str, Any] = {"link": None, "capture": None}
 
     def snapshot() -> Dict[str, Any]:
@@ -140,6 +145,8 @@ def run(settings: TalkSettings) -> int:
             "drift_ppm": capture.drift_ppm() if capture else None,
             "stalls": counters.stalls,
             "frames_captured": counters.frames_captured,
+            "frames_muted": counters.frames_muted,
+            "muted": watch.controls.muted,
             "largest_packet": counters.largest_packet,
             "bitrate": settings.bitrate,
             "rate": settings.rate,
@@ -152,7 +159,8 @@ def run(settings: TalkSettings) -> int:
         link = state["link"]
         return {"state": link.state() if link else "starting", "peer": link.peer if link else None,
                 "flowing": counters.packets > 0, "packets": counters.packets, "bytes": counters.bytes,
-                "dropped": counters.dropped, "reconnects": link.reconnects if link else 0}
+                "dropped": counters.dropped, "reconnects": link.reconnects if link else 0,
+                "muted": watch.controls.muted}
 
     with ProgramRun("talk", settings.stats_dir(), settings.duration, snapshot,
                     live=live if settings.live else None) as run_:
@@ -163,7 +171,7 @@ def run(settings: TalkSettings) -> int:
             apply_mixer(MixerSettings(settings.mixer, settings.mixer_device, settings.volume, settings.mute),
                         capture=True)
             encoder = Encoder(codec)
-            return send(settings, codec, link, capture, encoder, counters, backlog, run_)
+            return send(settings, codec, link, capture, encoder, counters, backlog, watch, run_)
         finally:
             link.close()
             if encoder is not None:
@@ -173,8 +181,9 @@ def run(settings: TalkSettings) -> int:
 
 
 def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, capture: Any, encoder: Encoder,
-         counters: TalkCounters, backlog: Samples, run_: ProgramRun) -> int:
+         counters: TalkCounters, backlog: Samples, watch: controls.Watch, run_: ProgramRun) -> int:
     """Capture, encode and send until the run stops; the exit code."""
+    microphone = Gain(settings.channels)
     connector = Connector(link, run_)
     connector.start()
     sock: Optional[socket.socket] = None
@@ -190,6 +199,11 @@ def send(settings: TalkSettings, codec: CodecSettings, link: net.PeerLink, captu
                 run_.end(f"device error: {err}")
                 return 1
             counters.frames_captured += 1
+            # Muted is silence sent, not nothing sent: the far side's stream stays whole.
+            muted = watch.poll().muted
+            if muted:
+                counters.frames_muted += 1
+            pcm = microphone.apply_bytes(pcm, 0.0 if muted else 1.0)
             if sock is None:
                 sock = connector.take()
                 if sock is None:
