@@ -8,7 +8,8 @@ dataclass's own. Module top levels stay light (stdlib and pi2pi only) so
 `pi2pi config`, `pi2pi status` and `--help` work without the media libraries.
 
 `up`, `down` and `status` run one side of a call (call.py, supervisor.py);
-`mute` and `volume` control the call that is up (controls.py).
+`mute` and `volume` control the call that is up (controls.py); `panel` is the touch
+panel (panel.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Optional
 
-from pi2pi import __version__, call, config, controls, log, supervisor
+from pi2pi import __version__, call, config, controls, log, panel, supervisor
 
 PROGRAMS = {
     "camera": "pi2pi.video.camera",
@@ -93,15 +94,17 @@ def make_parser(modules: Dict[str, ModuleType]) -> argparse.ArgumentParser:
                       help="only validate every section the file has, as the programs do; exit 2 on a bad setting")
     call.add_commands(commands)
     controls.add_commands(commands)
+    panel.add_command(commands)
     return parser
 
 
 def all_settings(modules: Dict[str, ModuleType], parser: Any) -> Dict[str, Any]:
-    unknown = set(parser.sections()) - set(modules) - {supervisor.SECTION}
+    unknown = set(parser.sections()) - set(modules) - {supervisor.SECTION, panel.SECTION}
     if unknown:
         raise config.ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     built: Dict[str, Any] = {name: config.build(m.Settings, name, parser, {}) for name, m in modules.items()}
     built[supervisor.SECTION] = config.build(supervisor.Settings, supervisor.SECTION, parser, {})
+    built[panel.SECTION] = config.build(panel.Settings, panel.SECTION, parser, {})
     return built
 
 
@@ -194,6 +197,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return call_command(modules, args)
         if args.command in controls.COMMANDS:
             return controls.command(args)
+        if args.command == "panel":
+            log.setup("panel", args.verbose)
+            return panel.command(all_settings(modules, config.load(args.config)), args)
         die_with_supervisor()
         module = modules[args.command]
         overrides: Dict[str, Any] = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}

@@ -313,6 +313,7 @@ FONT = ("DejaVu Sans", 16, "bold")
 SMALL = ("DejaVu Sans Mono", 10)
 TONES = {"idle": ("#20262e", "#e8e8e8"), "busy": ("#2d4f7c", "#ffffff"), "call": ("#1f6b3a", "#ffffff"),
          "failed": ("#8c1d1d", "#ffffff")}
+VOLUME_STEP = 10               # percent per touch of - or +
 BUTTON_H = 56                  # touch targets: at least 48 px (about 9 mm on the 7" display)
 LEFT_W = PICTURE_AT[0]
 
@@ -448,12 +449,12 @@ class Window:
         from pi2pi import controls as call_controls
 
         try:
-            now = call_controls.current(self.call_settings)
             if name == "mute":
-                call_controls.set_muted(self.call_settings, not now.muted)
+                call_controls.toggle_muted(self.call_settings)
             else:
-                call_controls.set_volume(self.call_settings, max(0, min(200, now.volume + (10 if name == "louder"
-                                                                                          else -10))))
+                step = VOLUME_STEP if name == "louder" else -VOLUME_STEP
+                volume = call_controls.current(self.call_settings).volume + step
+                call_controls.set_volume(self.call_settings, max(0, min(call_controls.VOLUME_MAX, volume)))
         except Exception as err:   # no call up any more, a bad file: say so, stay up
             self.status.configure(text=f"{name}: {err}", **dict(zip(("background", "foreground"),
                                                                     TONES["failed"])))
