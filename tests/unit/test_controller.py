@@ -267,7 +267,7 @@ CHECKOUT = Path("/home/pi/pi2pi")
     ("status --json", ["status", "--json"]),
 ])
 def test_the_panel_key_runs_fab_for_each_allowed_request(asked: str, words: list, monkeypatch,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, remote_log: Path) -> None:
     from controller import panel_remote
     fab = str(CHECKOUT / ".venv/bin/fab")
     assert panel_remote.fab_argv(CHECKOUT, panel_remote.task_words(asked), "gwpi") == [
@@ -285,6 +285,23 @@ def test_the_panel_key_runs_fab_for_each_allowed_request(asked: str, words: list
     assert os.environ[panel_remote.ENV_INVENTORY] == "/home/pi/pi2pi/inventory/site"
 
 
+@pytest.fixture
+def remote_log(tmp_path: Path):
+    """panel_remote's own log, as sshd's forced command sets it up (a file; nothing propagates
+    to the test's root logger), put back as it was afterwards; its path."""
+    import logging
+
+    from controller import panel_remote
+    path = tmp_path / "state" / "panel-remote.log"
+    raising, propagating = logging.raiseExceptions, panel_remote.log.propagate
+    panel_remote.setup_log(path)
+    yield path
+    for handler in list(panel_remote.log.handlers):
+        panel_remote.log.removeHandler(handler)
+        handler.close()
+    logging.raiseExceptions, panel_remote.log.propagate = raising, propagating
+
+
 @pytest.mark.parametrize("asked", [
     None,                                   # ssh with no command: a shell
     "", "id", "bash", "sh -c id", "fab call",
@@ -294,47 +311,36 @@ def test_the_panel_key_runs_fab_for_each_allowed_request(asked: str, words: list
     "call\x00", " call", "call ", "call  --audio-only", "CALL", "status > /tmp/x", "call --audio-only\r",
     "x" * 5000,
 ])
-def test_the_panel_key_refuses_anything_else_in_one_line(asked, monkeypatch, capsys, caplog) -> None:
+def test_the_panel_key_refuses_anything_else_in_one_line(asked, remote_log: Path, capsys) -> None:
     from controller import panel_remote
     ran: list = []
     environ = {} if asked is None else {"SSH_ORIGINAL_COMMAND": asked}
-    with caplog.at_level("INFO", logger="pi2pi.panel_remote"):
-        code = panel_remote.main(["--by", "gwpi"], environ, run=lambda *a: ran.append(a), checkout=CHECKOUT)
+    code = panel_remote.main(["--by", "gwpi"], environ, run=lambda *a: ran.append(a), checkout=CHECKOUT)
     assert code == panel_remote.REFUSED_EXIT == 2 and ran == []
     err = capsys.readouterr().err
     assert err.startswith("pi2pi panel: refused: ") and err.count("\n") == 1, err
-    logged = [r.getMessage() for r in caplog.records]
-    assert len(logged) == 1 and logged[0].startswith("refused from ") and "\n" not in logged[0], logged
+    logged = remote_log.read_text().splitlines()
+    assert len(logged) == 1 and " WARNING refused from ? (key of gwpi): " in logged[0], logged
     assert len(logged[0]) < 400, "a long request is cut short in the log"
 
 
-def test_the_panel_key_log_is_bounded_and_never_reaches_the_client(tmp_path: Path, capsys) -> None:
+def test_the_panel_key_log_is_bounded_and_never_reaches_the_client(remote_log: Path, capsys) -> None:
     import logging
 
     from controller import panel_remote
-    path = tmp_path / "state" / "panel-remote.log"
-    raising, propagating = logging.raiseExceptions, panel_remote.log.propagate
-    panel_remote.setup_log(path)
-    try:
-        for _ in range(3):
-            panel_remote.main(["--by", "gwpi"], {"SSH_ORIGINAL_COMMAND": "id"}, run=lambda *a: None,
-                              checkout=CHECKOUT)
-        assert path.read_text().count("refused from ? (key of gwpi): not one of the panel's commands: 'id'") == 3
-        handler = panel_remote.log.handlers[-1]
-        assert isinstance(handler, logging.handlers.RotatingFileHandler)
-        assert handler.maxBytes == panel_remote.LOG_MAX_BYTES and handler.backupCount == 1
-    finally:   # as it was for the other tests (caplog reads through propagation)
-        for handler in list(panel_remote.log.handlers):
-            panel_remote.log.removeHandler(handler)
-            handler.close()
-        logging.raiseExceptions, panel_remote.log.propagate = raising, propagating
+    for _ in range(3):
+        panel_remote.main(["--by", "gwpi"], {"SSH_ORIGINAL_COMMAND": "id"}, run=lambda *a: None, checkout=CHECKOUT)
+    assert remote_log.read_text().count("refused from ? (key of gwpi): not one of the panel's commands: 'id'") == 3
+    [handler] = [h for h in panel_remote.log.handlers if isinstance(h, logging.handlers.RotatingFileHandler)]
+    assert handler.maxBytes == panel_remote.LOG_MAX_BYTES and handler.backupCount == 1
     assert capsys.readouterr().err.count("\n") == 3   # the refusals' own lines, nothing from the log
 
 
-def test_a_missing_fab_is_one_line_too(monkeypatch, capsys, tmp_path: Path) -> None:
+def test_a_missing_fab_is_one_line_too(monkeypatch, capsys, tmp_path: Path, remote_log: Path) -> None:
     from controller import panel_remote
     monkeypatch.chdir(tmp_path)
     code = panel_remote.main(["--by", "gwpi"], {"SSH_ORIGINAL_COMMAND": "status"}, checkout=tmp_path)
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("pi2pi panel: natpi cannot run ") and err.count("\n") == 1, err
+    assert "ERROR cannot run " in remote_log.read_text()
