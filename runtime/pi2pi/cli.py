@@ -143,7 +143,7 @@ def call_command(modules: Dict[str, ModuleType], args: argparse.Namespace) -> in
         camera = {k: v for k, v in (("size", args.size), ("fps", args.fps), ("quality", args.quality))
                   if v is not None}
         request = supervisor.Request(args.call, media, camera,
-                                     os.path.abspath(args.config) if args.config else None)
+                                     os.path.abspath(args.config) if args.config else None, by=args.by)
 
         def check() -> None:  # each program's own validation, with this call's camera settings
             for name in request.programs():

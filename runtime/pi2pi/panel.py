@@ -18,7 +18,7 @@ where the viewer paints it; the panel takes the rest of the screen.
 The panel places and ends calls only through its `control` command ([panel]
 control, written by provisioning): on natpi the controller's own `fab`, on gwpi
 an ssh through the reverse tunnel to natpi with a key that can do nothing but
-`call`, `hangup` and `status` (controller/remote.py). It appends the task's
+`call`, `hangup` and `status` (controller/panel_remote.py). It appends the task's
 words (`call --video-only`, `hangup`) and shows each line the command prints;
 when the command fails its last line is the cause (fab's errors name host and
 cause: unreachable, tunnel down, address drifted, port taken).
