@@ -465,7 +465,13 @@ class Window:
             return
         started = time.perf_counter()
         look = self.look
-        video = look is not None and look.call is not None and "viewer" in (look.call.get("programs") or {})
+        # Only once this call's viewer showed a frame: the file still holds the last call's.
+        viewer = ((look.call or {}).get("programs") or {}).get("viewer") if look is not None else None
+        video = bool(viewer and viewer.get("flowing"))
+        if not video and self.picture is not None:   # the call ended or carries no video: no stale picture
+            self.image.blank()
+            self.picture.close()
+            self.picture = None
         if video:
             try:
                 if self.picture is None:
