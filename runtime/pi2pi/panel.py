@@ -190,7 +190,8 @@ def per_second(now: Dict[str, Any], before: Optional[Dict[str, Any]], key: str) 
 
 
 def figures(programs: Dict[str, Dict[str, Any]], before: Dict[str, Dict[str, Any]]) -> List[str]:
-    """A line per stream of this side: what arrives (seen, heard) and what leaves."""
+    """A line per stream of this side: what arrives (seen, heard) and what leaves; each fits
+    the left column (25 characters). The microphone and volume show on their buttons."""
     lines = []
     viewer, listen = programs.get("viewer"), programs.get("listen")
     camera, talk = programs.get("camera"), programs.get("talk")
@@ -199,7 +200,7 @@ def figures(programs: Dict[str, Dict[str, Any]], before: Dict[str, Dict[str, Any
         latency = viewer.get("latency_ms")
         lines.append(f"video in  {_num(fps, 1)} fps {_num(latency)} ms")
     if listen is not None:
-        lines.append(f"audio in  {_num(listen.get('fill_ms'))} ms buf, {listen.get('underruns', 0)} gaps")
+        lines.append(f"audio in  {_num(listen.get('fill_ms'))} ms, {listen.get('underruns', 0)} gaps")
     if camera is not None:
         lines.append(f"video out {_num(per_second(camera, before.get('camera'), 'frames'), 1)} fps")
     if talk is not None:
@@ -229,8 +230,6 @@ def view(look: Look, before: Optional[Look], task: Optional[Task], side: str, no
     programs = (call or {}).get("programs", {}) if up else {}
     audio = "audio" in look.request.get("media", []) if up else False
     lines = figures(programs, ((before.call or {}).get("programs", {}) if before and before.call else {}))
-    if up and look.controls is not None and audio:
-        lines.append(("mic MUTED" if look.controls.muted else "mic on") + f", volume {look.controls.volume}%")
     if task is not None and task.running:
         return View(f"{VERBS[task.name]}: {task.line or 'starting'}", "busy", lines, up, audio)
     if up:

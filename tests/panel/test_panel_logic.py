@@ -41,7 +41,9 @@ def test_idle_then_calling_then_in_call_then_ended() -> None:
     up = panel.view(look, before, task, "natpi", 1042.0)
     assert up.status == "In call with gwpi · called by gwpi · 00:42" and up.tone == "call" and up.in_call
     assert up.figures[0] == "video in  15.0 fps 120 ms"
-    assert up.figures[1] == "audio in  60 ms buf, 2 gaps" and up.audio
+    assert up.figures[1] == "audio in  60 ms, 2 gaps" and up.audio
+    assert up.figures[2:] == ["video out 15.0 fps", "audio out 12 kbps"]
+    assert all(len(line) <= 25 for line in up.figures)   # the left column's width
 
     hung = panel.view(panel.Look(2000, None), None, panel.Task("hangup", 0, code=0), "gwpi", 2000)
     assert hung.status == "Call ended. Touch Call to call natpi."
