@@ -14,6 +14,12 @@ within --stall-s, is dropped (and redialled or waited for again). A listening
 camera whose peer dials again (proving the call's token) drops the connection
 it serves at once and sends to the new one (net.PeerLink). A stop request
 ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
+
+With --adapt (the default) the sender also follows the link: before each frame
+it asks video.adapt.Adapter which quality, size and share of the frame rate to
+send at, from what it measured (the drain rate, the bytes it sent, how long the
+link held it back), so a slow link gets smaller frames instead of fewer. The
+policy is written out in adapt.py.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STREAM = "video"
 SUPERSEDED_POLL_S = 0.2   # while waiting on the peer's acknowledgements, ask this often whether it dialed again
+DRAIN_POLL_S = 0.002      # adapting: while a sent frame drains and no new one waits, look at the link this often
 
 
 FORMAT_NAMES = ("MJPG", "JPEG", "YUYV", "YU12", "NV12")  # as video.source.FORMAT_PREFERENCE (kept light here)
@@ -49,6 +56,7 @@ class Settings(config.Common):
     format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
+    adapt: bool = True            # follow the link: lower quality, then size, then frame rate (video/adapt.py)
 
     def validate(self) -> None:
         super().validate()
@@ -66,6 +74,8 @@ class Settings(config.Common):
             raise config.ConfigError(f"max_frame {self.max_frame}: want 1024..{64 << 20}")
         if self.stall_s <= 0:
             raise config.ConfigError(f"stall_s {self.stall_s}: want a positive number of seconds")
+        if not isinstance(self.adapt, bool):
+            raise config.ConfigError(f"adapt {self.adapt!r}: want yes or no")
         parse_size(self.size)
 
 
@@ -87,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inflight", type=float, default=S, metavar="FRAMES",
                         help="most frames the peer may leave unacknowledged on a fast link "
                              "(raise it for round trips longer than a frame interval)")
+    adapt = parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=S,
+                                help="on a slow link lower the JPEG quality, then the size, then the frame rate, "
+                                     "and climb back when it recovers")
+    # cli.with_defaults leaves on/off switches alone: the default is read from the dataclass here.
+    adapt.help += " (default: %s)" % ("on" if config.field_defaults(Settings)["adapt"] else "off")
 
 
 class Counters:
@@ -99,6 +114,7 @@ class Counters:
         self.frames = 0            # sent
         self.dropped = 0           # captured while a peer was connected, never sent
         self.corrupt = 0           # frames from the device that were not whole JPEGs
+        self.skipped = 0           # taken but not sent: the adapted frame rate is lower than --fps
         self.bytes = 0
         self.encode_ms = stats.Samples()
         self.latency_ms = stats.Samples()  # capture -> written to the socket
@@ -160,7 +176,10 @@ class DrainRate:
 class Sender:
     """The peer side: connect or accept, then send the newest frame, again and again."""
 
-    def __init__(self, link: Any, slot: Any, counters: Counters, run: ProgramRun, settings: Settings) -> None:
+    def __init__(self, link: Any, slot: Any, counters: Counters, run: ProgramRun, settings: Settings,
+                 passthrough: bool = False) -> None:
+        from pi2pi.video import adapt
+
         self.link = link
         self.slot = slot
         self.counters = counters
@@ -178,6 +197,17 @@ class Sender:
         self.quality = settings.quality
         self.last_size = 0          # bytes of the last frame sent: the in-flight budget's unit
         self.connected = False
+        self.passthrough = passthrough
+        width, height = parse_size(settings.size)
+        self.adapter = adapt.Adapter(adapt.ladder(settings.quality, width, height, passthrough), settings.fps,
+                                     enabled=settings.adapt)
+        if settings.adapt and not self.adapter.enabled:
+            log.info("adapting to the link is off: --fps 0 has no frame rate to hold")
+        self.gate = adapt.FrameGate(settings.fps)
+        self.fps = settings.fps
+        self.sent_size: Optional[Tuple[int, int]] = None   # of the last frame sent
+        self.scalers: Dict[Tuple[int, int, int, int, int], Any] = {}
+        self._measured = adapt.Measurements(0.0, None)    # since the adapter's last step
         from pi2pi.video.jpeg import Codec  # heavy: loaded when the camera runs
 
         self.codec = Codec.open()
@@ -204,8 +234,11 @@ class Sender:
     def serve(self, sock: socket.socket) -> Optional[str]:
         """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
 
+        from pi2pi.video.adapt import LinkRate
+
         counters = self.counters
         drain = DrainRate()
+        gauge = LinkRate(tcp_segment(sock)) if self.adapter.enabled else None   # the adapter's view of the link
         sent = 0
         asked = time.monotonic()   # when the link was last asked whether the peer dialed again
         while not self.run.stop.is_set():
@@ -213,10 +246,13 @@ class Sender:
             # budget, then take the newest frame: frames captured meanwhile replace
             # each other in the slot (dropped, counted) instead of queueing.
             waited_since = time.monotonic()
+            dropped_before = counters.dropped
             while True:
                 unacked = net.unacked_bytes(sock)
                 now = time.monotonic()
                 drain.update(now, sent - unacked, busy=unacked > 0)
+                if gauge is not None:
+                    gauge.look(now, sent - unacked, unacked)
                 if unacked <= self.allowance(drain.bps):
                     break
                 if self.run.stop.wait(0.001):
@@ -227,7 +263,9 @@ class Sender:
                     asked = now
                     if self.link.superseded():
                         return None
-            item = self.slot.take(0.2)
+            self._measured.waited_s += now - waited_since
+            self._measured.busy_drops += counters.dropped - dropped_before
+            item = self.next_frame(sock, gauge, sent)
             asked = time.monotonic()
             if self.link.superseded():   # the peer dialed again: this connection is dead
                 return None
@@ -235,10 +273,16 @@ class Sender:
                 if net.peer_hung_up(sock):
                     return "the peer closed the connection"
                 continue
-            payload = self.encode(item)
+            rung = self.adapt(gauge, item)
+            if not self.gate.admit(item.stamp_us / 1e6, rung.rate):
+                counters.skipped += 1
+                continue
+            payload = self.encode(item, rung)
             if payload is None:
                 continue
             try:
+                if gauge is not None:
+                    gauge.sending(time.monotonic(), sent - net.unacked_bytes(sock))
                 wire.send_frame(sock, wire.pack_video_frame(item.seq, payload, item.stamp_us), self.stall_s,
                                 self.run.stop)
                 sent += wire.VIDEO_HEADER.size + len(payload)
@@ -249,6 +293,8 @@ class Sender:
             except OSError as err:
                 return f"send failed: {err.strerror or err}"
             now = time.monotonic()
+            self._measured.frames += 1
+            self._measured.bytes += len(payload)
             counters.frames += 1
             counters.bytes += wire.VIDEO_HEADER.size + len(payload)
             counters.latency_ms.add((wire.now_us() - item.stamp_us) / 1000)
@@ -257,6 +303,41 @@ class Sender:
             counters.last_sent = now
         return None
 
+    def next_frame(self, sock: socket.socket, gauge: Any, sent: int) -> Any:
+        """The newest frame, waiting up to 0.2 s for one. Adapting, while the last frame sent is
+        still unacknowledged the link is looked at every DRAIN_POLL_S meanwhile, so the gauge
+        sees when all of it was acknowledged (how fast the link is, also when it is fast)."""
+        if gauge is None:
+            return self.slot.take(0.2)
+        deadline = time.monotonic() + 0.2
+        while True:
+            unacked = net.unacked_bytes(sock)
+            now = time.monotonic()
+            gauge.look(now, sent - unacked, unacked)
+            left = deadline - now
+            if unacked == 0 or left <= DRAIN_POLL_S:
+                return self.slot.take(max(0.0, left))
+            item = self.slot.take(DRAIN_POLL_S)
+            if item is not None:
+                return item
+
+    def adapt(self, gauge: Any, frame: Any) -> Any:
+        """The rung to send this frame at: one step of the adapter with what was measured since the last."""
+        from pi2pi.video.adapt import Measurements
+
+        if gauge is None:
+            return self.adapter.rung
+        measured = self._measured
+        measured.now = time.monotonic()
+        measured.drain_bps = gauge.bps(measured.now)
+        self._measured = Measurements(0.0, None)
+        decision = self.adapter.step(measured)
+        if decision.changed:
+            s = self.adapter.state
+            log.info("adapting %s (%d): %s: %s", "up" if decision.up else "down", s.adaptations,
+                     decision.rung.describe(frame.width, frame.height, self.fps, self.passthrough), decision.reason)
+        return decision.rung
+
     def allowance(self, drain_bps: Optional[float]) -> float:
         """Unacknowledged bytes allowed before the next frame goes out."""
         most = self.inflight * self.last_size
@@ -264,15 +345,22 @@ class Sender:
             return most
         return max(min(0.5, self.inflight) * self.last_size, min(most, drain_bps * self.queue_s))
 
-    def encode(self, frame: Any) -> Optional[bytes]:
-        """The frame's JPEG: the device's own, or TurboJPEG from YUV (timed, counted)."""
+    def encode(self, frame: Any, rung: Any = None) -> Optional[bytes]:
+        """The frame's JPEG: the device's own, or TurboJPEG from YUV at the rung's quality and
+        size (timed, counted)."""
         counters = self.counters
         if frame.jpeg is not None:
             payload = frame.jpeg
+            self.sent_size = (frame.width, frame.height)
         else:
             started = time.perf_counter()
-            payload = self.codec.encode_yuv(frame.yuv, frame.width, frame.height, self.quality, frame.subsample)
+            quality = self.quality if rung is None else rung.quality
+            yuv, width, height = frame.yuv, frame.width, frame.height
+            if rung is not None and rung.scale < 1:
+                yuv, width, height = self.scaled(frame, rung.scale)
+            payload = self.codec.encode_yuv(yuv, width, height, quality, frame.subsample)
             counters.encode_ms.add((time.perf_counter() - started) * 1000)
+            self.sent_size = (width, height)
         counters.encoded += 1
         if counters.cpu_start is None:
             counters.cpu_start = time.process_time()
@@ -282,14 +370,46 @@ class Sender:
         self.last_size = len(payload)
         return payload
 
+    def scaled(self, frame: Any, scale: float) -> Tuple[Any, int, int]:
+        """The frame's YUV at a smaller size (a scaler per source size, kept)."""
+        from pi2pi.video.adapt import Downscaler, scaled_size
+        from pi2pi.video.jpeg import SAMP_420
 
-def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], started: float) -> Dict[str, Any]:
+        width, height = scaled_size(frame.width, frame.height, scale)
+        key = (frame.width, frame.height, frame.subsample, width, height)
+        scaler = self.scalers.get(key)
+        if scaler is None:
+            scaler = self.scalers[key] = Downscaler(frame.width, frame.height, frame.subsample == SAMP_420,
+                                                    width, height)
+        return scaler.scale(frame.yuv), width, height
+
+    def adapt_report(self) -> Dict[str, Any]:
+        """The rung sent at now and how often it changed (stats and the live snapshot)."""
+        rung, s = self.adapter.rung, self.adapter.state
+        return {"adapt": self.adapter.enabled,
+                "adapt_quality": None if self.passthrough else rung.quality,
+                "adapt_size": f"{self.sent_size[0]}x{self.sent_size[1]}" if self.sent_size else None,
+                "adapt_fps": round(self.fps * rung.rate, 2),
+                "adaptations": s.adaptations, "adapt_downs": s.downs, "adapt_ups": s.ups}
+
+
+def tcp_segment(sock: socket.socket) -> int:
+    """The connection's TCP segment size (MSS): 1448 on Ethernet with timestamps, where it cannot be read."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG) or 1448
+    except OSError:
+        return 1448
+
+
+def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], started: float,
+             sender: Optional[Sender] = None) -> Dict[str, Any]:
     cpu_s = time.process_time() - counters.cpu_start if counters.cpu_start is not None else 0.0
     return {
         "frames": counters.frames,
         "captured": counters.captured,
         "encoded": counters.encoded,
         "dropped": counters.dropped,
+        "skipped": counters.skipped,
         "corrupt": counters.corrupt,
         "unproven": link.unproven if link is not None else 0,   # dialers without this call's token
         "bytes": counters.bytes,
@@ -301,15 +421,17 @@ def snapshot(counters: Counters, link: Any, source_description: Dict[str, Any], 
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_frame": round(cpu_s * 1000 / (counters.encoded - 1), 3) if counters.encoded > 1 else None,
         **source_description,
+        **(sender.adapt_report() if sender is not None else {}),
     }
 
 
-def live(counters: Counters, link: Any) -> Dict[str, Any]:
+def live(counters: Counters, link: Any, sender: Optional[Sender] = None) -> Dict[str, Any]:
     return {"state": link.state() if link is not None else "starting",
             "peer": link.peer if link is not None else None,
             "flowing": counters.frames > 0,
             "frames": counters.frames, "captured": counters.captured, "dropped": counters.dropped,
-            "bytes": counters.bytes, "reconnects": link.reconnects if link is not None else 0}
+            "bytes": counters.bytes, "reconnects": link.reconnects if link is not None else 0,
+            **(sender.adapt_report() if sender is not None else {})}
 
 
 def run(settings: Settings) -> int:
@@ -321,11 +443,12 @@ def run(settings: Settings) -> int:
     width, height = parse_size(settings.size)
     token = net.load_token(settings.token_file)
     counters = Counters()
-    state: Dict[str, Any] = {"link": None, "source": {"source": settings.source, "size": settings.size}}
+    state: Dict[str, Any] = {"link": None, "sender": None,
+                             "source": {"source": settings.source, "size": settings.size}}
     started = time.monotonic()
     with ProgramRun("camera", settings.stats_dir(), settings.duration,
-                    lambda: snapshot(counters, state["link"], state["source"], started),
-                    live=(lambda: live(counters, state["link"])) if settings.live else None) as run_:
+                    lambda: snapshot(counters, state["link"], state["source"], started, state["sender"]),
+                    live=(lambda: live(counters, state["link"], state["sender"])) if settings.live else None) as run_:
         try:
             source = sources.open_source(settings.source, width, height, settings.fps, settings.quality,
                                          settings.label or socket.gethostname(), settings.max_frame, settings.buffers,
@@ -345,13 +468,14 @@ def run(settings: Settings) -> int:
             log.info("listening on %s:%d", *link.address)
         slot: LatestSlot[Any] = LatestSlot()
         try:
-            sender = Sender(link, slot, counters, run_, settings)
+            sender = Sender(link, slot, counters, run_, settings, passthrough=getattr(source, "passthrough", False))
         except JpegError as err:
             log.error("%s", err)
             run_.end(f"error: {err}")
             source.close()
             link.close()
             return 1
+        state["sender"] = sender
         thread = run_.worker(sender.loop, "sender")
         try:
             capture_loop(source, slot, sender, counters, settings.fps > 0 or settings.source.startswith("/dev/"),

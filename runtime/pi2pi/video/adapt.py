@@ -1,0 +1,425 @@
+"""Adaptive quality: the camera sends what the link drains, not a slide show.
+
+A link slower than the stream used to keep latency bounded only by dropping
+frames (camera.py's in-flight budget), so the far side saw a few frames a
+second. The camera instead steps down a ladder of rungs, each a JPEG quality,
+a picture size and a share of the frame rate, and climbs back when the link
+recovers. `--no-adapt` (`adapt = no`) keeps the first rung for good.
+
+The ladder, best first (`ladder`): the configured quality lowered in steps of
+QUALITY_STEP down to QUALITY_FLOOR (75, 65, 55, 45, 35, 30) at the full size;
+then, at the floor quality, the size, each rung about halving the area (linear
+scales 0.7, 0.5, 0.35: 640x480 -> 448x336 -> 320x240 -> 224x168, sides rounded
+to multiples of 8); then, at the smallest size, the frame rate (3/4, 1/2, 1/3,
+1/4 of --fps, by sending only some of the frames: `FrameGate`). Quality goes
+first because it costs the viewer nothing in picture size, size next because a
+smaller picture still moves, the frame rate last because a slide show is what
+this is meant to avoid. A device's own MJPEG is passed through untouched, so
+its quality and size cannot change without decoding and encoding every frame
+again, the CPU that passing it through saves: there only the frame rate adapts
+(`ladder(passthrough=True)`). Choose `--format YUYV` (or another raw format) to
+have quality and size adapt on such a camera.
+
+The policy (`Adapter.step`, once per frame, without sockets or clocks of its own):
+
+- Inputs (`Measurements`), what the sender measures anyway: the link's drain
+  rate (`LinkRate`: bytes per second the peer acknowledges while data waits,
+  from the same looks at the socket as the in-flight budget's DrainRate), the
+  frames and bytes sent at the current rung since the last step, how long the
+  sender waited on the in-flight budget and how many frames were replaced in
+  the slot meanwhile (the link held it back).
+- A rung's bitrate is its bytes per frame times its frame rate. Bytes per frame
+  are learned per rung (a moving average of the frames sent at it). A rung not
+  used yet is estimated with a JPEG model, bytes ~ quality^0.35 x side, which
+  is how the test pattern shrinks: between two learned rungs the model is
+  calibrated by them (log-linear), beyond them scaled from the nearest.
+  Camera-like content shrinks faster (quality 30 has 0.39 of quality 75's
+  bytes, not 0.72; half the side 0.31 of the bytes, not 0.5), so the first move
+  down from the full stream errs low: it lands a rung too low at worst, which
+  costs a second of sharpness, not a rung too high, which costs latency.
+- The target is TARGET_SHARE (85%) of the drain: room for the content's own
+  swings and the headers TCP adds.
+- Down: when the current rung's bitrate is above the drain (the link cannot
+  carry it), or above DOWN_SHARE (95%) of it while the link held the sender
+  back, go at once to the highest lower rung that fits the target (the lowest
+  if none does): a link that lost two thirds of its rate is followed in one
+  move, not eight, so only the frame or two already under way see the old
+  latency.
+- Up: when a higher rung has fitted the target continuously for the up hold
+  (UP_HOLD_S, 1 s), go to the highest that fits. Between 85% and 95% nothing
+  moves (hysteresis in level); the up hold adds it in time.
+- A move up followed within PROBE_FAIL_S by a move down was a failed probe:
+  the up hold doubles (to at most UP_HOLD_MAX_S), and returns to UP_HOLD_S
+  after CALM_S without a move, so a link at a rung's edge does not flap.
+- Without a drain measurement (nothing has waited in the link yet) nothing moves.
+
+What the gauge cannot see: a token bucket deeper than a frame lets whole
+frames through at once, so a link shaped that way looks fast until the camera
+climbs and loads it; then the drain reads true, the camera moves back down, and
+the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame of one
+or two segments says little (its first segment is not counted, see LinkRate),
+so at the smallest rungs the reading errs low. The benchmark's link is tbf with
+a one-packet bucket (tests/bench/adapt.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+QUALITY_STEP = 10
+QUALITY_FLOOR = 30
+SIZE_SCALES = (0.7, 0.5, 0.35)              # linear: each about halves the area of the one before
+RATE_SHARES = (3 / 4, 1 / 2, 1 / 3, 1 / 4)  # of --fps, last resort
+TARGET_SHARE = 0.85     # of the drain: where a move lands
+DOWN_SHARE = 0.95       # of the drain: above it, and held back, the rung is too much
+UP_HOLD_S = 1.0         # a higher rung must fit this long before the camera climbs
+UP_HOLD_MAX_S = 16.0    # the longest the up hold grows after failed probes
+PROBE_FAIL_S = 3.0      # a move down this soon after a move up: the up was too much
+CALM_S = 30.0           # this long without a move: the up hold is back to UP_HOLD_S
+HELD_BACK_S = 0.001     # waiting on the budget longer than this is the link holding us back
+LEARN_WEIGHT = 0.25     # of the newest frame in a rung's bytes-per-frame average
+SIZE_ROUNDING = 8       # picture sides are multiples of this (4:2:0 chroma, pad-4 rows)
+
+
+@dataclass(frozen=True)
+class Rung:
+    quality: int
+    scale: float = 1.0   # linear, of the source's width and height
+    rate: float = 1.0    # share of --fps sent
+
+    def size(self, width: int, height: int) -> Tuple[int, int]:
+        return scaled_size(width, height, self.scale)
+
+    def describe(self, width: int, height: int, fps: float, passthrough: bool = False) -> str:
+        w, h = self.size(width, height)
+        quality = "device quality" if passthrough else f"quality {self.quality}"
+        return f"{quality}, {w}x{h}, {fps * self.rate:g} fps"
+
+
+def scaled_size(width: int, height: int, scale: float) -> Tuple[int, int]:
+    if scale >= 1:
+        return width, height
+
+    def side(n: int) -> int:
+        return max(16, int(round(n * scale / SIZE_ROUNDING)) * SIZE_ROUNDING)
+
+    return side(width), side(height)
+
+
+def ladder(quality: int, width: int, height: int, passthrough: bool = False) -> List[Rung]:
+    """The rungs, best first: quality, then size, then frame rate (frame rate only for passthrough)."""
+    if passthrough:
+        return [Rung(quality)] + [Rung(quality, 1.0, r) for r in RATE_SHARES]
+    floor = min(quality, QUALITY_FLOOR)
+    qualities = [quality]
+    while qualities[-1] > floor:
+        qualities.append(max(floor, qualities[-1] - QUALITY_STEP))
+    rungs = [Rung(q) for q in qualities]
+    sizes = [(width, height)]
+    for scale in SIZE_SCALES:
+        size = scaled_size(width, height, scale)
+        if size[0] < sizes[-1][0] and size[1] < sizes[-1][1]:   # a tiny source has fewer sizes
+            sizes.append(size)
+            rungs.append(Rung(floor, scale))
+    smallest = rungs[-1].scale
+    rungs += [Rung(floor, smallest, r) for r in RATE_SHARES]
+    return rungs
+
+
+def relative_bytes(rung: Rung) -> float:
+    """The JPEG model: bytes per frame, up to a factor, at this quality and size (see the module docstring)."""
+    return float((max(1, rung.quality) / 100) ** 0.35 * rung.scale)
+
+
+@dataclass
+class Measurements:
+    """What the sender measured since the last step."""
+
+    now: float                  # time.monotonic()
+    drain_bps: Optional[float]  # bytes per second the link drains (None: not measured yet)
+    frames: int = 0             # sent at the current rung
+    bytes: int = 0              # ... and their JPEG bytes
+    waited_s: float = 0.0       # on the in-flight budget
+    busy_drops: int = 0         # frames replaced in the slot while the sender waited on the link
+
+
+@dataclass
+class Decision:
+    rung: Rung
+    index: int
+    changed: bool = False
+    up: bool = False
+    reason: str = ""
+
+
+@dataclass
+class AdaptState:
+    index: int = 0                                          # the current rung
+    learned: Dict[int, float] = field(default_factory=dict)  # rung -> bytes per frame
+    fits_since: Optional[float] = None                      # a higher rung fits since
+    up_hold_s: float = UP_HOLD_S
+    last_up_at: Optional[float] = None
+    last_move_at: Optional[float] = None
+    ups: int = 0
+    downs: int = 0
+
+    @property
+    def adaptations(self) -> int:
+        return self.ups + self.downs
+
+
+class Adapter:
+    """The policy (see the module's docstring): one `step` per frame, the rung to encode at."""
+
+    def __init__(self, rungs: Sequence[Rung], fps: float, enabled: bool = True) -> None:
+        self.rungs = list(rungs)
+        self.fps = fps
+        self.enabled = enabled and fps > 0 and len(self.rungs) > 1
+        self.state = AdaptState()
+
+    @property
+    def rung(self) -> Rung:
+        return self.rungs[self.state.index]
+
+    def frame_bytes(self, index: int) -> Optional[float]:
+        """Learned bytes per frame at a rung; else the model, calibrated by the learned rungs
+        either side (log-linear between them), or scaled from the nearest learned one."""
+        learned = self.state.learned
+        if index in learned:
+            return learned[index]
+        better = [j for j in learned if j < index]
+        worse = [j for j in learned if j > index]
+        if not better and not worse:
+            return None
+
+        def model(j: int) -> float:
+            return math.log(relative_bytes(self.rungs[j]))
+
+        if better and worse:
+            a, b = max(better), min(worse)
+            span = model(a) - model(b)
+            share = (model(index) - model(b)) / span if span > 0 else 0.0
+            return math.exp(math.log(learned[b]) + share * (math.log(learned[a]) - math.log(learned[b])))
+        ref = max(better) if better else min(worse)
+        return learned[ref] * math.exp(model(index) - model(ref))
+
+    def bitrate(self, index: int) -> Optional[float]:
+        """Bytes per second the rung sends."""
+        per_frame = self.frame_bytes(index)
+        return None if per_frame is None else per_frame * self.fps * self.rungs[index].rate
+
+    def step(self, m: Measurements) -> Decision:
+        s = self.state
+        if m.frames > 0:
+            mean = m.bytes / m.frames
+            old = s.learned.get(s.index)
+            s.learned[s.index] = mean if old is None else old + LEARN_WEIGHT * (mean - old)
+        if not self.enabled or m.drain_bps is None or s.index not in s.learned:
+            return self._stay()
+        if s.up_hold_s > UP_HOLD_S and s.last_move_at is not None and m.now - s.last_move_at >= CALM_S:
+            s.up_hold_s = UP_HOLD_S
+        drain = m.drain_bps
+        offered = self.bitrate(s.index) or 0.0
+        target = TARGET_SHARE * drain
+        held_back = m.waited_s > HELD_BACK_S or m.busy_drops > 0
+        if offered > drain or (offered > DOWN_SHARE * drain and held_back):
+            s.fits_since = None
+            if s.index == len(self.rungs) - 1:
+                return self._stay()
+            lower = range(s.index + 1, len(self.rungs))
+            to = next((i for i in lower if (self.bitrate(i) or 0.0) <= target), len(self.rungs) - 1)
+            return self._move(to, m.now, f"the link drains {kbit(drain)}, this rung needs {kbit(offered)}")
+        best = next((i for i in range(s.index) if (self.bitrate(i) or float("inf")) <= target), None)
+        if best is None:
+            s.fits_since = None
+            return self._stay()
+        if s.fits_since is None:
+            s.fits_since = m.now
+        if m.now - s.fits_since < s.up_hold_s:
+            return self._stay()
+        return self._move(best, m.now, f"the link drains {kbit(drain)}, that rung needs "
+                                       f"{kbit(self.bitrate(best) or 0.0)}")
+
+    def _stay(self) -> Decision:
+        return Decision(self.rung, self.state.index)
+
+    def _move(self, to: int, now: float, why: str) -> Decision:
+        s = self.state
+        if to > s.index:
+            s.downs += 1
+            if s.last_up_at is not None and now - s.last_up_at <= PROBE_FAIL_S:
+                s.up_hold_s = min(UP_HOLD_MAX_S, 2 * s.up_hold_s)   # the last climb was too much
+        else:
+            s.ups += 1
+            s.last_up_at = now
+        up = to < s.index
+        s.index = to
+        s.last_move_at = now
+        s.fits_since = None
+        return Decision(self.rung, to, changed=True, up=up, reason=why)
+
+
+def kbit(bytes_per_s: float) -> str:
+    return f"{bytes_per_s * 8 / 1000:.0f} kbit/s"
+
+
+class LinkRate:
+    """How fast the link carries the stream, in bytes per second: what the adapter holds bitrates against.
+
+    Fed with the sender's looks at its socket (bytes acknowledged so far, bytes
+    still unacknowledged) and told when a frame is handed over. A busy period
+    runs from a hand-over while nothing waited until everything is acknowledged.
+
+    - A period's rate is measured from the first look that saw an acknowledgement
+      in it to its end: what was acknowledged before that took one round trip,
+      plus whatever a token bucket let through at once, and says nothing about
+      the rate.
+    - A period acknowledged whole between two looks (the receiver acknowledges
+      every second segment, so a two-segment frame is acknowledged at once)
+      counts as its bytes but the first segment over its length, at least
+      FLOOR_S: the first segment is the one a token bucket lets through at once
+      (counting it made the same link look 1000 kbit/s with 2.6 kB frames); a
+      fast link gives a lower bound, which is plenty.
+    - The rate is that of the period under way once it has been measured for
+      LONG_S (the link is loaded: the truest reading, and the first to show a
+      link that slowed down), over its last SPAN_S; otherwise bytes over seconds
+      of the periods that ended in the last WINDOW_S (a link that recovered shows
+      within that). None before any period ended.
+
+    camera.DrainRate, which sizes the in-flight budget, smooths 5 ms samples
+    instead: quick, but on a slow link whose packets leave tens of ms apart it
+    swings between 0 and several times the rate, and the sender reads it just
+    after an acknowledgement, when it is high (the bench's 474 kbit/s link read
+    780 kbit/s, and the camera stopped a rung too high, dropping frames).
+    """
+
+    FLOOR_S = 0.001
+    LONG_S = 0.06
+    SPAN_S = 0.5
+    WINDOW_S = 1.0
+    MARK_S = 0.02
+
+    def __init__(self, segment: int = 1448) -> None:
+        self.segment = segment                            # the connection's TCP segment (MSS)
+        self.opened: Optional[Tuple[float, int]] = None   # (time, bytes acknowledged) when the period began
+        self.first: Optional[Tuple[float, int]] = None    # the first look in it that saw an acknowledgement
+        self.marks: Deque[Tuple[float, int]] = deque()    # looks since then, MARK_S apart, over SPAN_S
+        self.last: Optional[Tuple[float, int]] = None
+        self.ended: Deque[Tuple[float, int, float]] = deque()   # (ended at, bytes, seconds) of recent periods
+
+    def sending(self, now: float, acked: int) -> None:
+        """A frame is about to be handed over: a busy period begins, unless one is under way."""
+        if self.opened is None:
+            self.opened, self.first = (now, acked), None
+            self.marks.clear()
+
+    def look(self, now: float, acked: int, unacked: int) -> None:
+        self.last = (now, acked)
+        if unacked > 0:
+            if self.opened is None:
+                self.sending(now, acked)
+            elif self.first is None:
+                if acked > self.opened[1]:
+                    self.first = (now, acked)
+                    self.marks.append(self.first)
+            elif now - self.marks[-1][0] >= self.MARK_S:
+                self.marks.append((now, acked))
+                while len(self.marks) > 2 and now - self.marks[1][0] >= self.SPAN_S:
+                    self.marks.popleft()
+            return
+        if self.opened is None:
+            return
+        if self.first is not None:
+            since, drained = self.first, acked - self.first[1]
+        else:
+            since, drained = self.opened, acked - self.opened[1] - self.segment
+        if drained > 0:
+            self.ended.append((now, drained, max(now - since[0], self.FLOOR_S)))
+        self.opened = self.first = None
+        self.marks.clear()
+
+    def bps(self, now: float) -> Optional[float]:
+        if self.first is not None and self.last is not None and now - self.first[0] >= self.LONG_S:
+            (since, acked_then), (at, acked) = self.marks[0], self.last
+            if at > since:
+                return (acked - acked_then) / (at - since)
+        while self.ended and now - self.ended[0][0] > self.WINDOW_S:
+            self.ended.popleft()
+        seconds = sum(e[2] for e in self.ended)
+        return sum(e[1] for e in self.ended) / seconds if seconds > 0 else None
+
+
+class FrameGate:
+    """Which frames a rung with a share of the frame rate sends: evenly spread, by capture time.
+
+    A frame goes when it was captured no earlier than half a source interval
+    before the next one is due; each frame sent moves the due time on by one
+    period of the reduced rate (so 3/4 sends three frames of four on average).
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.due: Optional[float] = None
+
+    def admit(self, stamp_s: float, rate: float) -> bool:
+        if rate >= 1 or self.fps <= 0:
+            self.due = None
+            return True
+        period = 1.0 / (self.fps * rate)
+        slack = 0.5 / self.fps
+        if self.due is not None and stamp_s < self.due - slack:
+            return False
+        behind = self.due is None or stamp_s - self.due > period   # first frame, or a long gap: start afresh
+        self.due = stamp_s + period if behind else self.due + period
+        return True
+
+
+class Downscaler:
+    """A smaller copy of a pad-4 planar YUV frame (I420 or 4:2:2), by nearest neighbour.
+
+    TurboJPEG scales only when it decodes, so the camera scales before encoding:
+    each output pixel takes the source pixel under its centre (numpy `take` with
+    row and column indices worked out once per size). 640x480 to 448x336 costs
+    about 0.3 ms here, less than the encode it saves; a 2x2 average looked
+    better at 320x240 but cost 3 ms. The output buffer is reused: the sender
+    encodes it before it scales the next frame.
+    """
+
+    def __init__(self, width: int, height: int, subsample_420: bool, out_w: int, out_h: int) -> None:
+        self.size = (out_w, out_h)
+        ch_in = (height + 1) // 2 if subsample_420 else height
+        ch_out = out_h // 2 if subsample_420 else out_h
+        self.planes_in = [(height, pad4(width), width), (ch_in, pad4((width + 1) // 2), (width + 1) // 2)]
+        self.planes_out = [(out_h, out_w), (ch_out, out_w // 2)]
+        self.index = [(centres(rows_in, rows_out), centres(cols_in, cols_out))
+                      for (rows_in, _, cols_in), (rows_out, cols_out) in zip(self.planes_in, self.planes_out)]
+        self.out = np.empty(out_w * out_h + 2 * ch_out * (out_w // 2), dtype=np.uint8)
+
+    def scale(self, yuv: np.ndarray) -> np.ndarray:
+        src_at = dst_at = 0
+        for plane in (0, 1, 1):   # Y, U, V
+            rows, stride, _ = self.planes_in[plane]
+            out_rows, out_cols = self.planes_out[plane]
+            src = yuv[src_at:src_at + rows * stride].reshape(rows, stride)
+            dst = self.out[dst_at:dst_at + out_rows * out_cols].reshape(out_rows, out_cols)
+            row_index, col_index = self.index[plane]
+            np.take(src.take(row_index, axis=0), col_index, axis=1, out=dst)
+            src_at += rows * stride
+            dst_at += out_rows * out_cols
+        return self.out
+
+
+def pad4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def centres(n_in: int, n_out: int) -> np.ndarray:
+    """For each of n_out output pixels, the input pixel under its centre."""
+    return ((2 * np.arange(n_out) + 1) * n_in // (2 * n_out)).astype(np.intp)
