@@ -4,7 +4,10 @@ One loop reads frames from the peer; when a complete newer frame is already
 waiting in the socket, the one just read is skipped (dropped, counted), so
 the newest frame always wins and nothing old is painted. The frame kept is
 decoded with TurboJPEG, scaled down by TurboJPEG's own factors to fit the
-screen from --at X,Y, and painted. (One thread, not a receiver thread and a
+screen from --at X,Y, and painted. Frames may change size mid-stream (the
+camera adapts to the link: video/adapt.py); each JPEG's header says its size,
+and when a picture is smaller than the one before, what the old one covered
+outside the new one is painted black, so no stale edges stay on the screen. (One thread, not a receiver thread and a
 painter: on a busy 2-core machine the hand-over between two Python threads
 cost more CPU and tail latency than the draining does.) Bytes that break the
 protocol close that connection with a log line; the viewer keeps serving and
@@ -122,6 +125,8 @@ class Counters:
         self.last_paint: Optional[float] = None
         self.cpu_start: Optional[float] = None
         self.scale = "1/1"
+        self.frame_size: Optional[str] = None   # WxH of the frame on the screen (its JPEG header)
+        self.size_changes = 0
 
 
 class Receiver:
@@ -239,6 +244,8 @@ class Painter:
         # SIZES_KEPT sizes are kept (least recently used goes).
         self.scales: "OrderedDict[Tuple[int, int], Tuple[int, int]]" = OrderedDict()
         self.buffers: "OrderedDict[Tuple[int, int], Any]" = OrderedDict()
+        self.shown: Optional[Tuple[int, int]] = None   # rows, columns the last picture covers on the screen
+        self.frame_size_px: Optional[Tuple[int, int]] = None
 
     def scale_for(self, width: int, height: int) -> Tuple[int, int]:
         from pi2pi.video.jpeg import fit_scale
@@ -278,8 +285,14 @@ class Painter:
             counters.decode_warnings += 1
             log.debug("frame %d: %s", item.header.seq, "; ".join(warnings))
         decoded = time.perf_counter()
+        self.uncover(picture.shape[0], picture.shape[1])
         self.fb.paint(picture, *self.at)
         painted = time.perf_counter()
+        if (width, height) != self.frame_size_px:
+            if self.frame_size_px is not None:
+                counters.size_changes += 1
+            self.frame_size_px = (width, height)
+            counters.frame_size = f"{width}x{height}"
         counters.last_latency_ms = (wire.now_us() - item.header.stamp_us) / 1000
         counters.latency_ms.add(counters.last_latency_ms)
         counters.decode_ms.add((decoded - started) * 1000)
@@ -291,6 +304,20 @@ class Painter:
             counters.cpu_start = time.process_time()
         counters.last_paint = painted
         return True
+
+
+    def uncover(self, rows: int, columns: int) -> None:
+        """Black out what the last picture covered and this one (rows x columns at --at) will not."""
+        g, (x, y) = self.fb.geometry, self.at
+        rows, columns = min(rows, g.height - y), min(columns, g.width - x)
+        if self.shown is not None and self.shown != (rows, columns):
+            old_rows, old_columns = self.shown
+            screen = self.fb.screen
+            if old_columns > columns:   # a strip on the right
+                screen[y:y + old_rows, x + columns:x + old_columns] = 0
+            if old_rows > rows:         # a strip below
+                screen[y + rows:y + old_rows, x:x + min(columns, old_columns)] = 0
+        self.shown = (rows, columns)
 
 
 SIZES_KEPT = 4
@@ -323,6 +350,8 @@ def snapshot(counters: Counters, link: Any, started: float, extra: Dict[str, Any
         "decode_ms": counters.decode_ms.summary(),
         "paint_ms": counters.paint_ms.summary(),
         "scale": counters.scale,
+        "frame_size": counters.frame_size,
+        "size_changes": counters.size_changes,
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_frame": round(cpu_s * 1000 / (counters.frames - 1), 3) if counters.frames > 1 else None,
         **extra,
@@ -344,6 +373,7 @@ def live(counters: Counters, link: Any) -> Dict[str, Any]:
             "flowing": counters.frames > 0,
             "frames": counters.frames, "received": counters.received, "dropped": counters.dropped,
             "corrupt": counters.corrupt, "bytes": counters.bytes, "shown_seq": counters.shown_seq,
+            "frame_size": counters.frame_size,
             "latency_ms": None if counters.last_latency_ms is None else round(counters.last_latency_ms, 1),
             "reconnects": link.reconnects if link is not None else 0}
 
