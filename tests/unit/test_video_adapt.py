@@ -1,0 +1,232 @@
+"""The camera's adaptive quality (video/adapt.py), without sockets: the ladder, the policy's
+moves against a simulated link, the link gauge, the frame-rate gate and the scaler."""
+from __future__ import annotations
+
+from typing import Callable, List, Tuple
+
+import numpy as np
+import pytest
+import turbojpeg
+
+from pi2pi.video import adapt
+from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung
+
+FPS = 15.0
+
+
+def camera_like(rung: Rung) -> float:
+    """Bytes per frame of camera-like content (the benchmark clip's shape, not the policy's model)."""
+    return 27_700 * (rung.quality / 75) ** 1.0 * rung.scale ** 1.7
+
+
+def simulate(adapter: Adapter, drain: Callable[[float], float], seconds: float, start: float = 0.0,
+             content: Callable[[Rung], float] = camera_like) -> List[Tuple[float, int]]:
+    """One step per frame interval: the frame sent at the rung in force, the link holding the sender
+    back while the rung's bitrate is above the drain. The moves made, as (time, rung index)."""
+    moves = []
+    t = start
+    while t < start + seconds:
+        rung = adapter.rung
+        offered = content(rung) * FPS * rung.rate
+        link = drain(t)
+        decision = adapter.step(Measurements(now=t, drain_bps=link, frames=1, bytes=int(content(rung)),
+                                             waited_s=0.02 if offered > link else 0.0))
+        if decision.changed:
+            moves.append((round(t, 3), decision.index))
+        t += 1 / FPS
+    return moves
+
+
+def full_stream_bps() -> float:
+    return camera_like(Rung(75)) * FPS
+
+
+def test_the_ladder_lowers_quality_then_size_then_frame_rate() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    assert [(r.quality, r.size(640, 480), r.rate) for r in rungs] == [
+        (75, (640, 480), 1), (65, (640, 480), 1), (55, (640, 480), 1), (45, (640, 480), 1),
+        (35, (640, 480), 1), (30, (640, 480), 1),
+        (30, (448, 336), 1), (30, (320, 240), 1), (30, (224, 168), 1),
+        (30, (224, 168), 3 / 4), (30, (224, 168), 1 / 2), (30, (224, 168), 1 / 3), (30, (224, 168), 1 / 4)]
+    # A quality at or under the floor has no quality rungs; a passed-through MJPEG only frame rates.
+    assert [r.quality for r in adapt.ladder(25, 640, 480)] == [25] * 8
+    assert [(r.quality, r.scale, r.rate) for r in adapt.ladder(75, 640, 480, passthrough=True)] == [
+        (75, 1.0, 1), (75, 1.0, 3 / 4), (75, 1.0, 1 / 2), (75, 1.0, 1 / 3), (75, 1.0, 1 / 4)]
+    assert adapt.scaled_size(1280, 720, 0.35) == (448, 248)
+
+
+def test_a_link_slowly_getting_worse_is_followed_down_the_ladder_in_order() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    adapter = Adapter(rungs, FPS)
+    full = full_stream_bps()
+    # From twice the stream down to a twentieth of it over a minute.
+    moves = simulate(adapter, lambda t: full * 2 * (0.025 ** (t / 60)), 60)
+    downs = [rungs[i] for k, (_, i) in enumerate(moves) if k == 0 or i > moves[k - 1][1]]
+    kinds = ["rate" if r.rate < 1 else "size" if r.scale < 1 else "quality" for r in downs]
+    assert kinds == sorted(kinds, key=["quality", "size", "rate"].index), moves   # quality, then size, then rate
+    assert downs[-1].rate < 1 and len(downs) >= 6, moves
+    # A move up only corrects a first estimate (from the model) that landed one rung too low.
+    for (t, i), (t_next, i_next) in zip(moves, moves[1:]):
+        if i_next < i:
+            assert i - i_next == 1 and t_next - t <= adapt.UP_HOLD_S + 0.2, moves
+    # Every rung it settled on fitted the link once the move was made.
+    for (t, i), nxt in zip(moves, moves[1:] + [(60.0, None)]):
+        settle = t + 0.5
+        if settle < nxt[0]:
+            assert camera_like(rungs[i]) * FPS * rungs[i].rate <= full * 2 * (0.025 ** (settle / 60)), (t, i)
+
+
+def test_a_link_that_loses_two_thirds_is_followed_in_one_move_and_recovered_from() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    adapter = Adapter(rungs, FPS)
+    full = full_stream_bps() * 1.3      # the link carries the stream with 30% to spare
+    limited = full / 3
+
+    def link(t: float) -> float:
+        return limited if 5 <= t < 25 else full
+
+    assert simulate(adapter, link, 5) == []                  # a link that carries the stream: no move
+    moves = simulate(adapter, link, 20, start=5)
+    assert moves[0][0] == 5.0 and moves[0][1] > 0            # the first frame on the slow link moves
+    fits = adapter.bitrate(adapter.state.index)
+    assert fits is not None and fits <= limited * adapt.TARGET_SHARE * 1.05
+    assert len(moves) <= 3, moves                            # down in one move, then at most a climb or two
+    assert all(t < 8 for t, _ in moves), moves               # and then it stays put for the rest of the 20 s
+    back = simulate(adapter, link, 6, start=25)
+    assert back and back[-1][1] == 0, back                   # back at the full stream once the link is back ...
+    assert adapt.UP_HOLD_S <= back[-1][0] - 25 <= 2.5, back  # ... after the up hold, not before
+
+
+def test_hysteresis_between_the_target_and_the_drain_and_in_time() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    adapter = Adapter(rungs, FPS)
+    adapter.state.index = 7                                  # 320x240 at quality 30
+    here = camera_like(rungs[7]) * FPS
+    up = camera_like(rungs[6]) * FPS                         # 448x336 needs this
+    # A link swinging +-5% around the point where this rung uses 90% of it: nothing moves.
+    wobble = here / 0.9
+    assert simulate(adapter, lambda t: wobble * (1.05 if int(t * 7) % 2 else 0.95), 30) == []
+    # Enough for the rung above, but only in bursts shorter than the up hold: nothing moves.
+    enough = up / adapt.TARGET_SHARE * 1.01
+    assert simulate(adapter, lambda t: enough if (t % 1.5) < 0.8 else wobble, 30, start=30) == []
+    # Between the target (85%) and the drain the rung stays unless the link holds the sender back.
+    adapter.state.index = 7
+    drain = here / 0.97
+    assert adapter.step(Measurements(now=100, drain_bps=drain, frames=1, bytes=int(camera_like(rungs[7])))).changed \
+        is False
+    assert adapter.step(Measurements(now=100.1, drain_bps=drain, frames=1, bytes=int(camera_like(rungs[7])),
+                                     waited_s=0.02)).changed is True
+
+
+def test_a_failed_climb_makes_the_next_one_wait_longer() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    adapter = Adapter(rungs, FPS)
+    here = camera_like(rungs[7]) * FPS
+    adapter.state.index = 7
+    simulate(adapter, lambda t: here / 0.8, 2)               # learn this rung's bytes
+    # The link seems able to take the rung above (for longer than the up hold) but is not.
+    adapter.state.learned[6] = camera_like(rungs[6]) * 0.5   # an estimate that is too low
+    moves = simulate(adapter, lambda t: here / 0.8, 3, start=10)
+    assert [i for _, i in moves][:2] == [6, 7], moves        # up, and straight back down
+    assert adapter.state.up_hold_s == 2 * adapt.UP_HOLD_S
+    assert adapter.state.ups == 1 and adapter.state.downs == 1 and adapter.state.adaptations == 2
+    # After CALM_S without a move, the up hold is back to its first value.
+    simulate(adapter, lambda t: here / 0.8, adapt.CALM_S + 1, start=20)
+    assert adapter.state.up_hold_s == adapt.UP_HOLD_S
+
+
+def test_off_when_disabled_without_a_frame_rate_or_without_a_measurement() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    for adapter in (Adapter(rungs, FPS, enabled=False), Adapter(rungs, 0.0)):
+        assert adapter.enabled is False
+        assert simulate(adapter, lambda t: 1000.0, 5) == [] and adapter.rung == rungs[0]
+    adapter = Adapter(rungs, FPS)
+    for k in range(50):   # nothing measured yet: nothing to follow
+        assert not adapter.step(Measurements(now=k / FPS, drain_bps=None, frames=1, bytes=30_000)).changed
+
+
+def test_model_estimates_between_learned_rungs_are_calibrated_by_them() -> None:
+    rungs = adapt.ladder(75, 640, 480)
+    adapter = Adapter(rungs, FPS)
+    assert adapter.frame_bytes(3) is None
+    adapter.state.learned = {0: 27_700.0}
+    first_guess = adapter.frame_bytes(8)
+    assert first_guess is not None and first_guess > camera_like(rungs[8])   # the first move errs low
+    adapter.state.learned[8] = camera_like(rungs[8])
+    assert adapter.frame_bytes(9) == pytest.approx(camera_like(rungs[8]))      # same picture, fewer frames
+    assert camera_like(rungs[8]) < adapter.frame_bytes(6) < 27_700           # between the two it learned
+
+
+def frame_at(link_bps: float, segments: int, segment: int = 1448, bucket_segments: int = 1,
+             rtt: float = 0.0, look_every: float = 0.002) -> LinkRate:
+    """A LinkRate fed like the sender feeds it: a frame handed over at 0, acknowledged
+    segment by segment at the link's rate after a token bucket let the first ones through."""
+    gauge = LinkRate(segment)
+    gauge.sending(0.0, 0)
+    acked_at = [rtt + max(0, k + 1 - bucket_segments) * segment / link_bps for k in range(segments)]
+    t = 0.0
+    while True:
+        acked = sum(1 for a in acked_at if a <= t) * segment
+        gauge.look(t, acked, segments * segment - acked)
+        if acked == segments * segment:
+            return gauge
+        t += look_every
+
+
+def test_the_link_gauge_reads_the_rate_not_the_token_bucket_or_the_round_trip() -> None:
+    slow = 59_000.0
+    assert frame_at(slow, 8).bps(0.2) == pytest.approx(slow, rel=0.1)
+    assert frame_at(slow, 8, rtt=0.05).bps(0.3) == pytest.approx(slow, rel=0.1)
+    # A frame the receiver acknowledged in one go (two segments): its first segment does not count.
+    two = LinkRate(1448)
+    two.sending(0.0, 0)
+    two.look(0.001, 0, 2896)
+    two.look(0.0245, 2896, 0)
+    assert two.bps(0.03) == pytest.approx(1448 / 0.0245)
+    # A fast link: all of it acknowledged before the next look; plenty, whatever the exact figure.
+    fast = LinkRate(1448)
+    fast.sending(0.0, 0)
+    fast.look(0.0001, 10_000, 0)
+    assert fast.bps(0.001) >= 5e6
+    assert fast.bps(2.0) is None                          # an old reading is forgotten
+    # A period under way on a loaded link is read as it goes, before it ends.
+    busy = LinkRate(1448)
+    busy.sending(0.0, 0)
+    for k in range(1, 60):
+        t = k * 0.005
+        acked = int(max(0.0, t - 0.002) * slow)
+        busy.look(t, acked, 100_000 - acked)
+    assert busy.bps(0.295) == pytest.approx(slow, rel=0.05)
+
+
+def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:
+    def sent(rate: float, frames: int = 120) -> List[int]:
+        gate = adapt.FrameGate(FPS)
+        return [k for k in range(frames) if gate.admit(k / FPS, rate)]
+
+    assert sent(1.0) == list(range(120))
+    assert sent(0.5) == list(range(0, 120, 2))
+    assert len(sent(0.75)) == pytest.approx(90, abs=1)
+    assert len(sent(1 / 3)) == pytest.approx(40, abs=1)
+    gaps = np.diff(sent(0.75))
+    assert set(gaps.tolist()) <= {1, 2}
+
+
+def test_the_scaler_takes_the_pixel_under_each_centre_and_the_jpeg_has_the_new_size() -> None:
+    w, h, ow, oh = 640, 480, 448, 336
+    y = np.add.outer(np.arange(h) // 2, np.arange(w) // 3).astype(np.uint8)
+    u = np.full((h // 2, w // 2), 90, np.uint8)
+    v = (np.arange(w // 2)[None, :] % 200 + np.zeros((h // 2, 1), np.uint8)).astype(np.uint8)
+    frame = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+    out = adapt.Downscaler(w, h, True, ow, oh).scale(frame)
+    assert out.size == ow * oh * 3 // 2
+    rows, cols = adapt.centres(h, oh), adapt.centres(w, ow)
+    assert np.array_equal(out[:ow * oh].reshape(oh, ow), y[np.ix_(rows, cols)])
+    out_v = out[ow * oh + (ow // 2) * (oh // 2):].reshape(oh // 2, ow // 2)
+    assert np.array_equal(out_v, v[np.ix_(adapt.centres(h // 2, oh // 2), adapt.centres(w // 2, ow // 2))])
+    tj = turbojpeg.TurboJPEG()
+    data = tj.encode_from_yuv(out, oh, ow, quality=30, jpeg_subsample=turbojpeg.TJSAMP_420)
+    assert tj.decode_header(data)[:2] == (ow, oh)
+    # 4:2:2 (a YUYV camera): chroma keeps every row.
+    frame422 = np.zeros(w * h * 2, np.uint8)
+    assert adapt.Downscaler(w, h, False, 320, 240).scale(frame422).size == 320 * 240 * 2
