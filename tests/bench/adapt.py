@@ -226,7 +226,7 @@ def finish_pair(viewer: Proc, camera: Proc, stats: Path, name: str, work: Path, 
 
 def run_once(work: Path, link: Link, name: str, adapt: bool) -> Dict[str, Any]:
     link.free()
-    viewer, camera, stats = start_pair(work, link, name, [] if adapt else ["--no-adapt"],
+    viewer, camera, stats = start_pair(work, link, name, ["--adapt"] if adapt else ["--no-adapt"],
                                        WARM_S + LIMIT_S + AFTER_S + 60)   # stopped below; the duration is a backstop
     try:
         live = stats / "viewer.live.json"

@@ -64,7 +64,7 @@ def test_a_link_at_a_third_of_the_stream_gets_smaller_frames_not_fewer(tmp_path:
         for name, link in links.items():
             link.up()
             link.limit(limit)
-            pairs[name] = bench.start_pair(tmp_path, link, name, ["--no-adapt"] if name == "no-adapt" else [],
+            pairs[name] = bench.start_pair(tmp_path, link, name, ["--no-adapt"] if name == "no-adapt" else ["--adapt"],
                                            RUN_S)
         results = {}
         for name, (viewer, camera, stats) in pairs.items():

@@ -15,7 +15,8 @@ camera whose peer dials again (proving the call's token) drops the connection
 it serves at once and sends to the new one (net.PeerLink). A stop request
 ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
 
-With --adapt (the default) the sender also follows the link: before each frame
+With --adapt (off by default: on a long, lossy link its view of the link still
+reads too low, BENCHMARKS.md) the sender also follows the link: before each frame
 it asks video.adapt.Adapter which quality, size and share of the frame rate to
 send at, from what it measured (the drain rate, the bytes it sent, how long the
 link held it back), so a slow link gets smaller frames instead of fewer. The
@@ -56,7 +57,7 @@ class Settings(config.Common):
     format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
-    adapt: bool = True            # follow the link: lower quality, then size, then frame rate (video/adapt.py)
+    adapt: bool = False           # follow the link: lower quality, then size, then frame rate (video/adapt.py)
 
     def validate(self) -> None:
         super().validate()
