@@ -9,7 +9,7 @@ import pytest
 import turbojpeg
 
 from pi2pi.video import adapt
-from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung
+from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung, TcpInfo
 
 FPS = 15.0
 
@@ -162,15 +162,44 @@ def frame_at(link_bps: float, segments: int, segment: int = 1448, bucket_segment
     """A LinkRate fed like the sender feeds it: a frame handed over at 0, acknowledged
     segment by segment at the link's rate after a token bucket let the first ones through."""
     gauge = LinkRate(segment)
-    gauge.sending(0.0, 0)
+    gauge.sending(0.0, 0, segments * segment)
     acked_at = [rtt + max(0, k + 1 - bucket_segments) * segment / link_bps for k in range(segments)]
     t = 0.0
     while True:
         acked = sum(1 for a in acked_at if a <= t) * segment
-        gauge.look(t, acked, segments * segment - acked)
+        gauge.look(t, acked, segments * segment - acked, TcpInfo(rtt or None, 0))
         if acked == segments * segment:
             return gauge
         t += look_every
+
+
+class Stream:
+    """A sender's view of a link, frame after frame: each frame handed over at once and its
+    segments acknowledged at given times; the gauge looks every LOOK_S as the sender does."""
+
+    LOOK_S = 0.002
+
+    def __init__(self, min_rtt: float = 0.0, segment: int = 1448) -> None:
+        self.gauge = LinkRate(segment)
+        self.segment = segment
+        self.min_rtt = min_rtt
+        self.sent = 0
+        self.acks: List[Tuple[float, int]] = []   # (when, bytes acknowledged by then)
+        self.t = 0.0
+        self.retransmits = 0
+
+    def frame(self, at: float, segments: int, acked_after: Callable[[int], float]) -> None:
+        """A frame handed over at `at`; segment k acknowledged acked_after(k) seconds later."""
+        self.run_to(at)
+        start, self.sent = self.sent, self.sent + segments * self.segment
+        self.gauge.sending(at, start, self.sent)
+        self.acks += [(at + acked_after(k), start + (k + 1) * self.segment) for k in range(segments)]
+
+    def run_to(self, until: float) -> None:
+        while self.t < until:
+            acked = max((b for when, b in self.acks if when <= self.t), default=0)
+            self.gauge.look(self.t, acked, self.sent - acked, TcpInfo(self.min_rtt or None, self.retransmits))
+            self.t += self.LOOK_S
 
 
 def test_the_link_gauge_reads_the_rate_not_the_token_bucket_or_the_round_trip() -> None:
@@ -179,24 +208,126 @@ def test_the_link_gauge_reads_the_rate_not_the_token_bucket_or_the_round_trip() 
     assert frame_at(slow, 8, rtt=0.05).bps(0.3) == pytest.approx(slow, rel=0.1)
     # A frame the receiver acknowledged in one go (two segments): its first segment does not count.
     two = LinkRate(1448)
-    two.sending(0.0, 0)
+    two.sending(0.0, 0, 2896)
     two.look(0.001, 0, 2896)
     two.look(0.0245, 2896, 0)
     assert two.bps(0.03) == pytest.approx(1448 / 0.0245)
     # A fast link: all of it acknowledged before the next look; plenty, whatever the exact figure.
     fast = LinkRate(1448)
-    fast.sending(0.0, 0)
+    fast.sending(0.0, 0, 10_000)
     fast.look(0.0001, 10_000, 0)
     assert fast.bps(0.001) >= 5e6
-    assert fast.bps(2.0) is None                          # an old reading is forgotten
-    # A period under way on a loaded link is read as it goes, before it ends.
+    # A frame under way on a loaded link is read as it goes, before it ends.
     busy = LinkRate(1448)
-    busy.sending(0.0, 0)
+    busy.sending(0.0, 0, 100_000)
     for k in range(1, 60):
         t = k * 0.005
         acked = int(max(0.0, t - 0.002) * slow)
         busy.look(t, acked, 100_000 - acked)
     assert busy.bps(0.295) == pytest.approx(slow, rel=0.05)
+
+
+def test_a_long_round_trip_and_idle_time_between_frames_do_not_read_as_a_slow_link() -> None:
+    # Four-segment frames every 67 ms on a 160 ms round trip, the link itself fast (a segment a
+    # millisecond): bytes over time are only the stream's 700 kbit/s (the sender is what limits
+    # them), but the gauge reads the link.
+    stream = Stream(min_rtt=0.16)
+    for k in range(30):
+        stream.frame(k / FPS, 4, lambda seg: 0.16 + 0.001 * seg)
+    stream.run_to(30 / FPS + 0.3)
+    assert stream.gauge.bps(stream.t) >= 4e6 / 8
+
+
+def test_a_loss_pause_does_not_halve_the_reading() -> None:
+    rate = 100_000.0   # bytes per second, 800 kbit/s
+    stream = Stream(min_rtt=0.16)
+    for k in range(10):
+        stream.frame(k / FPS, 4, lambda seg: 0.16 + seg * 1448 / rate)
+    stream.run_to(10 / FPS + 0.3)
+    before = stream.gauge.bps(stream.t)
+    assert before == pytest.approx(rate, rel=0.1)
+    # The next frame loses its third segment: TCP retransmits it after a timeout (300 ms). Six
+    # segments over more than a round trip: without the retransmission seen it would outrank.
+    at = stream.t
+    stream.frame(at, 6, lambda seg: 0.16 + (0.3 if seg >= 2 else 0.0) + seg * 1448 / rate)
+    stream.run_to(at + 0.2)
+    stream.retransmits += 1
+    stream.run_to(at + 0.8)
+    assert stream.gauge.bps(stream.t) == pytest.approx(before, rel=0.1)
+    # Without tcp_info's count the repair reads as one slow frame: the max filter outvotes it.
+    blind = LinkRate(1448)
+    t = 0.0
+    for k in range(6):
+        pause = 0.3 if k == 5 else 0.0
+        blind.sending(t, k * 5792, (k + 1) * 5792)
+        for seg in range(4):
+            when = t + 0.16 + (pause if seg >= 2 else 0.0) + seg * 1448 / rate
+            blind.look(when, k * 5792 + (seg + 1) * 1448, 0)
+        t += 0.6
+    assert blind.bps(t) == pytest.approx(rate, rel=0.1)
+
+
+def test_jitter_and_late_acknowledgements_do_not_outrank_the_max_filter() -> None:
+    stream = Stream(min_rtt=0.124)
+    rng = np.random.default_rng(1)
+    for k in range(45):
+        if k % 5 == 4:   # a lost acknowledgement: the frame's last two segments confirmed 130 ms late
+            stream.frame(k / FPS, 4, lambda seg: 0.14 + (0.13 if seg >= 2 else 0.0))
+        else:            # each segment 80 +- 20 ms each way
+            delays = sorted(0.16 + rng.uniform(-0.04, 0.04, 4))
+            stream.frame(k / FPS, 4, lambda seg, d=delays: d[seg])
+    stream.run_to(45 / FPS + 0.3)
+    assert stream.gauge.bps(stream.t) >= 1e6 / 8   # far above the stream (about 700 kbit/s)
+
+
+def test_a_link_that_slows_down_outranks_the_faster_samples_at_once() -> None:
+    slow = 50_000.0   # 400 kbit/s
+    stream = Stream(min_rtt=0.001)
+    for k in range(15):
+        stream.frame(k / FPS, 7, lambda seg: 0.001 + 0.0002 * seg)
+    stream.run_to(1.0)
+    assert stream.gauge.bps(stream.t) > 1e6
+    # Then a bottleneck: the next frame's seven segments drain at 50 kB/s. Well before the frame
+    # is all acknowledged (200 ms), the reading is the slow link's.
+    stream.frame(1.0, 7, lambda seg: 0.001 + (seg + 1) * 1448 / slow)
+    stream.run_to(1.15)
+    assert stream.gauge.bps(stream.t) == pytest.approx(slow, rel=0.15)
+    # Faster samples from before the slow-down are gone: the frames after it keep the reading low.
+    stream.frame(1.25, 7, lambda seg: 0.001 + (seg + 1) * 1448 / slow)
+    stream.run_to(1.6)
+    assert stream.gauge.bps(stream.t) == pytest.approx(slow, rel=0.15)
+
+
+def test_old_samples_go_once_newer_ones_fill_the_filter() -> None:
+    gauge = LinkRate(1448)
+    gauge.sending(0.0, 0, 10_000)
+    gauge.look(0.0001, 10_000, 0)                          # fast
+    assert gauge.bps(5.0) is not None and gauge.bps(5.0) > 1e6   # kept: nothing newer came
+    at = 10_000
+    for k in range(LinkRate.KEEP):                         # then slower frames, long after
+        t = 5.0 + k * 0.1
+        gauge.sending(t, at, at + 2896)
+        gauge.look(t + 0.0245, at + 2896, 0)
+        at += 2896
+    assert gauge.bps(6.0) == pytest.approx(1448 / 0.0245)
+
+
+def test_tcp_info_is_read_where_the_kernel_has_it() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(b"x" * 10_000)
+                got = 0
+                while got < 10_000:
+                    got += len(peer.recv(10_000))
+                info = adapt.read_tcp_info(client)
+    assert info is not None and info.retransmits == 0
+    assert info.min_rtt_s is not None and 0 < info.min_rtt_s < 0.05
 
 
 def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:

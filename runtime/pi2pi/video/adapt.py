@@ -22,12 +22,14 @@ have quality and size adapt on such a camera.
 
 The policy (`Adapter.step`, once per frame, without sockets or clocks of its own):
 
-- Inputs (`Measurements`), what the sender measures anyway: the link's drain
-  rate (`LinkRate`: bytes per second the peer acknowledges while data waits,
-  from the same looks at the socket as the in-flight budget's DrainRate), the
-  frames and bytes sent at the current rung since the last step, how long the
-  sender waited on the in-flight budget and how many frames were replaced in
-  the slot meanwhile (the link held it back).
+- Inputs (`Measurements`), what the sender measures anyway: the link's rate
+  (`LinkRate`: how spread out each frame's acknowledgements come back, a max
+  filter over the last 2 s unless a frame that drained slowly for a round trip
+  says the link slowed; from the same looks at the socket as the in-flight
+  budget's DrainRate, and tcp_info), the frames and bytes sent at the current
+  rung since the last step, how long the sender waited on the in-flight budget
+  and how many frames were replaced in the slot meanwhile (the link held it
+  back).
 - A rung's bitrate is its bytes per frame times its frame rate. Bytes per frame
   are learned per rung (a moving average of the frames sent at it). A rung not
   used yet is estimated with a JPEG model, bytes ~ quality^0.35 x side, which
@@ -58,13 +60,20 @@ frames through at once, so a link shaped that way looks fast until the camera
 climbs and loads it; then the drain reads true, the camera moves back down, and
 the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame of one
 or two segments says little (its first segment is not counted, see LinkRate),
-so at the smallest rungs the reading errs low. The benchmark's link is tbf with
-a one-packet bucket (tests/bench/adapt.py).
+so at the smallest rungs the reading errs low. It reads the link, not TCP's
+congestion window: on a long, lossy path TCP may carry less than the link
+(about 1 Mbit/s at 160 ms and 1 % loss), and frames then wait on the in-flight
+budget (camera.py), which lets about two frames be unacknowledged whatever the
+round trip: on such a path the frame rate is the budget's, with or without
+adapting. The benchmark's links are tbf with a one-packet bucket, and a
+forwarder that delays and drops packets as netem would (tests/bench/adapt.py).
 """
 from __future__ import annotations
 
 import logging
 import math
+import socket
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
@@ -270,90 +279,189 @@ def kbit(bytes_per_s: float) -> str:
     return f"{bytes_per_s * 8 / 1000:.0f} kbit/s"
 
 
+@dataclass(frozen=True)
+class TcpInfo:
+    """What the adapter's gauge reads from the kernel's tcp_info besides SIOCOUTQ."""
+
+    min_rtt_s: Optional[float]   # the path's round trip without queueing (None: the kernel does not say)
+    retransmits: int             # segments retransmitted so far (tcpi_total_retrans)
+
+
+# struct tcp_info (linux/tcp.h): byte offsets of the fields read. tcpi_rtt and tcpi_total_retrans
+# are in every kernel pi2pi runs on; tcpi_min_rtt came with Linux 4.10 (a shorter struct: None).
+TCPI_RTT, TCPI_TOTAL_RETRANS, TCPI_MIN_RTT = 68, 100, 148
+
+
+def read_tcp_info(sock: socket.socket) -> Optional[TcpInfo]:
+    """The socket's tcp_info (Linux), or None where it cannot be read."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 152)
+    except OSError:
+        return None
+    if len(raw) < TCPI_TOTAL_RETRANS + 4:
+        return None
+    (rtt_us,) = struct.unpack_from("I", raw, TCPI_RTT)
+    (retrans,) = struct.unpack_from("I", raw, TCPI_TOTAL_RETRANS)
+    min_rtt_us = struct.unpack_from("I", raw, TCPI_MIN_RTT)[0] if len(raw) >= TCPI_MIN_RTT + 4 else None
+    if not min_rtt_us or min_rtt_us == 0xFFFFFFFF:   # ~0U: no sample yet
+        min_rtt_us = rtt_us or None
+    return TcpInfo(None if min_rtt_us is None else min_rtt_us / 1e6, retrans)
+
+
+@dataclass
+class SentFrame:
+    start: int                                   # the frame's first byte in the stream
+    end: int                                     # one past its last
+    sent_at: float                               # when it was handed over
+    first: Optional[Tuple[float, int]] = None    # (time, bytes acknowledged) of the first look with an ack inside it
+    last_advance: float = 0.0                    # the last look at which its acknowledgements moved on ...
+    seen: int = 0                                # ... to this many bytes
+    retransmits: Optional[int] = None            # the connection's count when its first ack came
+    repairing: bool = False                      # a loss is being repaired: measure from the next ack
+
+
 class LinkRate:
     """How fast the link carries the stream, in bytes per second: what the adapter holds bitrates against.
 
-    Fed with the sender's looks at its socket (bytes acknowledged so far, bytes
-    still unacknowledged) and told when a frame is handed over. A busy period
-    runs from a hand-over while nothing waited until everything is acknowledged.
+    Fed with the sender's looks at its socket (bytes acknowledged so far, and
+    tcp_info's min_rtt and retransmission count) and told where each frame lies
+    in the stream when it is handed over.
 
-    - A period's rate is measured from the first look that saw an acknowledgement
-      in it to its end: what was acknowledged before that took one round trip,
-      plus whatever a token bucket let through at once, and says nothing about
-      the rate.
-    - A period acknowledged whole between two looks (the receiver acknowledges
-      every second segment, so a two-segment frame is acknowledged at once)
-      counts as its bytes but the first segment over its length, at least
-      FLOOR_S: the first segment is the one a token bucket lets through at once
-      (counting it made the same link look 1000 kbit/s with 2.6 kB frames); a
-      fast link gives a lower bound, which is plenty.
-    - The rate is that of the period under way once it has been measured for
-      LONG_S (the link is loaded: the truest reading, and the first to show a
-      link that slowed down), over its last SPAN_S; otherwise bytes over seconds
-      of the periods that ended in the last WINDOW_S (a link that recovered shows
-      within that). None before any period ended.
+    Measured per frame, from how its acknowledgements are spread out (its
+    dispersion), not from how many bytes a stretch of time carried: a frame's
+    segments leave back to back, so the acknowledgements come back spaced by the
+    narrowest link on the way, whatever the round trip. Bytes per second over a
+    stretch of time (the gauge before this one) read the sender itself on a long
+    path: the in-flight budget lets only about two frames be unacknowledged, so
+    a 160 ms round trip carries two frames per 160 ms however fast the link, and
+    each move down made the next reading lower (smaller frames, a smaller
+    budget): the lab's lossy call fell to the bottom of the ladder in 2 s that way.
+
+    - A frame's sample: the bytes acknowledged from the first look that saw an
+      acknowledgement inside it to the look that saw it all acknowledged, over
+      the time between the two (what came before that first acknowledgement took
+      a round trip, and whatever a token bucket let through at once, and says
+      nothing about the rate). A frame acknowledged whole between two looks: its
+      bytes but one segment over its time since the hand-over less the path's
+      round trip (tcp_info's min_rtt), at least FLOOR_S; a frame of one segment
+      gives none.
+    - A frame during which TCP retransmitted gives no sample: its last bytes
+      waited for a loss to be repaired (a round trip or a timeout), which says
+      nothing about the link's rate.
+    - The reading is the highest sample of the last WINDOW_S (at least the last
+      KEEP samples): a max filter, as BBR's. On a path with jitter, or whose
+      acknowledgements get lost, some frames' acknowledgements spread out and
+      read low (the lab's link: a tenth of the frames under 160 kbit/s, half
+      over 1.3 Mbit/s); only a link that is slow makes them all read low.
+    - Sustained evidence outranks the filter: a frame whose acknowledgements
+      kept coming for at least max(LONG_S, the path's round trip) and carried
+      at least LOADED_SEGMENTS segments (a late or lost acknowledgement holds
+      back one or two segments' worth, not a train) is a loaded link read
+      directly. Its reading, as soon as it is one (the frame need not have
+      finished: the first to show a link that slowed down), removes the faster
+      samples before it. Time counts up to the last acknowledgement only, so a
+      pause in them adds none.
+    - None before any frame gave a sample.
 
     camera.DrainRate, which sizes the in-flight budget, smooths 5 ms samples
     instead: quick, but on a slow link whose packets leave tens of ms apart it
-    swings between 0 and several times the rate, and the sender reads it just
-    after an acknowledgement, when it is high (the bench's 474 kbit/s link read
-    780 kbit/s, and the camera stopped a rung too high, dropping frames).
+    swings between 0 and several times the rate.
     """
 
     FLOOR_S = 0.001
     LONG_S = 0.06
-    SPAN_S = 0.5
-    WINDOW_S = 1.0
-    MARK_S = 0.02
+    WINDOW_S = 2.0
+    KEEP = 8            # samples kept however old: a stream of few frames keeps its evidence
+    LOADED_SEGMENTS = 4
 
     def __init__(self, segment: int = 1448) -> None:
-        self.segment = segment                            # the connection's TCP segment (MSS)
-        self.opened: Optional[Tuple[float, int]] = None   # (time, bytes acknowledged) when the period began
-        self.first: Optional[Tuple[float, int]] = None    # the first look in it that saw an acknowledgement
-        self.marks: Deque[Tuple[float, int]] = deque()    # looks since then, MARK_S apart, over SPAN_S
-        self.last: Optional[Tuple[float, int]] = None
-        self.ended: Deque[Tuple[float, int, float]] = deque()   # (ended at, bytes, seconds) of recent periods
+        self.segment = segment                               # the connection's TCP segment (MSS)
+        self.frames: Deque[SentFrame] = deque()              # sent, not yet all acknowledged, oldest first
+        self.samples: Deque[Tuple[float, float]] = deque()   # (when, bytes per second) of finished frames
+        self.draining: Optional[float] = None                # the oldest frame's reading so far, once loaded
+        self.min_rtt_s = 0.0
+        self.retransmits: Optional[int] = None
 
-    def sending(self, now: float, acked: int) -> None:
-        """A frame is about to be handed over: a busy period begins, unless one is under way."""
-        if self.opened is None:
-            self.opened, self.first = (now, acked), None
-            self.marks.clear()
+    def sending(self, now: float, start: int, end: int) -> None:
+        """A frame occupying stream bytes [start, end) is about to be handed over."""
+        if end > start:
+            self.frames.append(SentFrame(start, end, now))
 
-    def look(self, now: float, acked: int, unacked: int) -> None:
-        self.last = (now, acked)
-        if unacked > 0:
-            if self.opened is None:
-                self.sending(now, acked)
-            elif self.first is None:
-                if acked > self.opened[1]:
-                    self.first = (now, acked)
-                    self.marks.append(self.first)
-            elif now - self.marks[-1][0] >= self.MARK_S:
-                self.marks.append((now, acked))
-                while len(self.marks) > 2 and now - self.marks[1][0] >= self.SPAN_S:
-                    self.marks.popleft()
+    def look(self, now: float, acked: int, unacked: int, info: Optional[TcpInfo] = None) -> None:
+        """A look at the socket: bytes acknowledged so far (and unacknowledged), tcp_info if read."""
+        if info is not None:
+            self.min_rtt_s = info.min_rtt_s or self.min_rtt_s
+            self.retransmits = info.retransmits
+        while self.frames:
+            frame = self.frames[0]
+            if frame.first is None:
+                if acked <= frame.start:
+                    return
+                frame.first, frame.last_advance, frame.seen = (now, acked), now, acked
+                frame.retransmits = self.retransmits
+                if acked < frame.end:
+                    return
+                # Acknowledged whole at once: its bytes but the first segment (a token bucket's) took
+                # at most its time since the hand-over less the path's round trip.
+                self._finished(now, frame.end - frame.start - self.segment,
+                               now - frame.sent_at - self.min_rtt_s, frame, loaded=False)
+                continue
+            if acked < frame.end:
+                self._drain(now, acked, frame)
+                return
+            since, acked_then = frame.first
+            seconds = now - since
+            self._finished(now, frame.end - acked_then, seconds, frame,
+                           loaded=self.loaded(seconds, frame.end - acked_then))
+
+    def loaded(self, seconds: float, nbytes: float) -> bool:
+        """Whether one frame's acknowledgements came steadily enough for its reading to outrank the
+        rest: for a round trip or more, and LOADED_SEGMENTS or more (a lost or late acknowledgement
+        delays one or two segments' worth, not a train of them)."""
+        return seconds >= max(self.LONG_S, self.min_rtt_s) and nbytes >= self.LOADED_SEGMENTS * self.segment
+
+    def _drain(self, now: float, acked: int, frame: SentFrame) -> None:
+        """The oldest frame is part acknowledged: its reading so far, once loaded. Time counts up to
+        its last advance only, so a pause (a loss being repaired) adds none."""
+        assert frame.first is not None
+        if frame.retransmits != self.retransmits:
+            # TCP is repairing a loss: measure afresh from the first acknowledgement after this
+            # (the repair takes a round trip or a timeout more, which is not the link's pace).
+            frame.retransmits, frame.repairing = self.retransmits, True
+            self.draining = None
             return
-        if self.opened is None:
-            return
-        if self.first is not None:
-            since, drained = self.first, acked - self.first[1]
-        else:
-            since, drained = self.opened, acked - self.opened[1] - self.segment
-        if drained > 0:
-            self.ended.append((now, drained, max(now - since[0], self.FLOOR_S)))
-        self.opened = self.first = None
-        self.marks.clear()
+        if acked > frame.seen:
+            frame.seen, frame.last_advance = acked, now
+            if frame.repairing:
+                frame.first, frame.repairing = (now, acked), False
+        since, acked_then = frame.first
+        span = frame.last_advance - since
+        if self.loaded(span, acked - acked_then):
+            self.draining = (acked - acked_then) / span
+            self._outrank(self.draining)
+
+    def _finished(self, now: float, nbytes: float, seconds: float, frame: SentFrame, loaded: bool) -> None:
+        self.frames.popleft()
+        self.draining = None
+        if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
+            return   # TCP repaired a loss meanwhile: the wait was the repair, not the link
+        if nbytes <= 0:
+            return   # a frame of one segment says nothing
+        rate = nbytes / max(seconds, self.FLOOR_S)
+        if loaded:
+            self._outrank(rate)
+        self.samples.append((now, rate))
+
+    def _outrank(self, rate: float) -> None:
+        """A loaded reading: the faster samples before it are from a link that has since slowed."""
+        if any(r > rate for _, r in self.samples):
+            self.samples = deque((t, r) for t, r in self.samples if r <= rate)
 
     def bps(self, now: float) -> Optional[float]:
-        if self.first is not None and self.last is not None and now - self.first[0] >= self.LONG_S:
-            (since, acked_then), (at, acked) = self.marks[0], self.last
-            if at > since:
-                return (acked - acked_then) / (at - since)
-        while self.ended and now - self.ended[0][0] > self.WINDOW_S:
-            self.ended.popleft()
-        seconds = sum(e[2] for e in self.ended)
-        return sum(e[1] for e in self.ended) / seconds if seconds > 0 else None
+        while len(self.samples) > self.KEEP and now - self.samples[0][0] > self.WINDOW_S:
+            self.samples.popleft()
+        rates = [r for _, r in self.samples] + ([self.draining] if self.draining is not None else [])
+        return max(rates) if rates else None
 
 
 class FrameGate:

@@ -235,7 +235,7 @@ class Sender:
     def serve(self, sock: socket.socket) -> Optional[str]:
         """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
 
-        from pi2pi.video.adapt import LinkRate
+        from pi2pi.video.adapt import LinkRate, read_tcp_info
 
         counters = self.counters
         drain = DrainRate()
@@ -253,7 +253,7 @@ class Sender:
                 now = time.monotonic()
                 drain.update(now, sent - unacked, busy=unacked > 0)
                 if gauge is not None:
-                    gauge.look(now, sent - unacked, unacked)
+                    gauge.look(now, sent - unacked, unacked, read_tcp_info(sock))
                 if unacked <= self.allowance(drain.bps):
                     break
                 if self.run.stop.wait(0.001):
@@ -283,7 +283,7 @@ class Sender:
                 continue
             try:
                 if gauge is not None:
-                    gauge.sending(time.monotonic(), sent - net.unacked_bytes(sock))
+                    gauge.sending(time.monotonic(), sent, sent + wire.VIDEO_HEADER.size + len(payload))
                 wire.send_frame(sock, wire.pack_video_frame(item.seq, payload, item.stamp_us), self.stall_s,
                                 self.run.stop)
                 sent += wire.VIDEO_HEADER.size + len(payload)
@@ -310,11 +310,13 @@ class Sender:
         sees when all of it was acknowledged (how fast the link is, also when it is fast)."""
         if gauge is None:
             return self.slot.take(0.2)
+        from pi2pi.video.adapt import read_tcp_info
+
         deadline = time.monotonic() + 0.2
         while True:
             unacked = net.unacked_bytes(sock)
             now = time.monotonic()
-            gauge.look(now, sent - unacked, unacked)
+            gauge.look(now, sent - unacked, unacked, read_tcp_info(sock))
             left = deadline - now
             if unacked == 0 or left <= DRAIN_POLL_S:
                 return self.slot.take(max(0.0, left))
