@@ -15,8 +15,8 @@ camera whose peer dials again (proving the call's token) drops the connection
 it serves at once and sends to the new one (net.PeerLink). A stop request
 ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
 
-With --adapt (off by default: on a long, lossy link its view of the link still
-reads too low, BENCHMARKS.md) the sender also follows the link: before each frame
+With --adapt (off by default until the lab's calls over a long, lossy link
+prove it: docs/video.md, "Adaptive quality") the sender also follows the link: before each frame
 it asks video.adapt.Adapter which quality, size and share of the frame rate to
 send at, from what it measured (the drain rate, the bytes it sent, how long the
 link held it back), so a slow link gets smaller frames instead of fewer. The
