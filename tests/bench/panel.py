@@ -50,7 +50,7 @@ def camera_frames(count: int) -> List[bytes]:
             for frame in clip]
 
 
-def measure(frames: int, bpp: int = 32) -> Dict[str, object]:
+def measure(frames: int, bpp: int = 32, repeats: int = REPEATS) -> Dict[str, object]:
     """Per-frame costs in ms (needs DISPLAY): the viewer's decode and paint (32 or 16 bpp, from
     BGRX as the viewer decodes for either), the panel's copy, put, redraw."""
     import tkinter as tk
@@ -72,7 +72,7 @@ def measure(frames: int, bpp: int = 32) -> Dict[str, object]:
         root.update()
         costs: Dict[str, List[float]] = {"decode": [], "copy": [], "put": [], "redraw": []}
         try:
-            for _ in range(REPEATS):
+            for _ in range(repeats):
                 rounds: Dict[str, List[float]] = {k: [] for k in costs}
                 for i in range(frames):
                     jpeg = jpegs[i % len(jpegs)]
@@ -105,7 +105,7 @@ def measure(frames: int, bpp: int = 32) -> Dict[str, object]:
     result: Dict[str, object] = {f"{k}_ms": spread(v) for k, v in costs.items()}
     panel_ms = sum(statistics.median(costs[k]) for k in ("copy", "put", "redraw"))
     result.update({
-        "bpp": bpp, "frames": frames, "repeats": REPEATS, "screen_matches_fb": same,
+        "bpp": bpp, "frames": frames, "repeats": repeats, "screen_matches_fb": same,
         "panel_ms": round(panel_ms, 3),
         "panel_over_decode": round(panel_ms / statistics.median(costs["decode"]), 3),
         "core_share_5fps": round(panel_ms * 5 / 1000, 4), "core_share_15fps": round(panel_ms * 15 / 1000, 4),
