@@ -184,6 +184,35 @@ def _queued(sock: socket.socket, request: int) -> Optional[int]:
         return None
 
 
+@dataclass(frozen=True)
+class TcpInfo:
+    """What the camera reads from the kernel's tcp_info besides SIOCOUTQ (its in-flight budget, video.adapt's gauge)."""
+
+    min_rtt_s: Optional[float]   # the path's round trip without queueing (None: the kernel does not say)
+    retransmits: int             # segments retransmitted so far (tcpi_total_retrans)
+
+
+# struct tcp_info (linux/tcp.h): byte offsets of the fields read. tcpi_rtt and tcpi_total_retrans
+# are in every kernel pi2pi runs on; tcpi_min_rtt came with Linux 4.10 (a shorter struct: None).
+TCPI_RTT, TCPI_TOTAL_RETRANS, TCPI_MIN_RTT = 68, 100, 148
+
+
+def read_tcp_info(sock: socket.socket) -> Optional[TcpInfo]:
+    """The socket's tcp_info (Linux), or None where it cannot be read."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 152)
+    except OSError:
+        return None
+    if len(raw) < TCPI_TOTAL_RETRANS + 4:
+        return None
+    (rtt_us,) = struct.unpack_from("I", raw, TCPI_RTT)
+    (retrans,) = struct.unpack_from("I", raw, TCPI_TOTAL_RETRANS)
+    min_rtt_us = struct.unpack_from("I", raw, TCPI_MIN_RTT)[0] if len(raw) >= TCPI_MIN_RTT + 4 else None
+    if not min_rtt_us or min_rtt_us == 0xFFFFFFFF:   # ~0U: no sample yet
+        min_rtt_us = rtt_us or None
+    return TcpInfo(None if min_rtt_us is None else min_rtt_us / 1e6, retrans)
+
+
 def unacked_bytes(sock: socket.socket) -> int:
     """Bytes written to the socket that the peer has not acknowledged yet, in flight
     included (0 if unknown): how far the peer is behind (the camera's pacing)."""

@@ -452,3 +452,21 @@ def test_a_flood_of_strangers_neither_blocks_poll_nor_keeps_the_partner_out():
     for s in (proven, *dialed, *strangers):
         s.close()
     listener.close()
+
+
+def test_tcp_info_is_read_where_the_kernel_has_it() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(b"x" * 10_000)
+                got = 0
+                while got < 10_000:
+                    got += len(peer.recv(10_000))
+                info = net.read_tcp_info(client)
+    assert info is not None and info.retransmits == 0
+    assert info.min_rtt_s is not None and 0 < info.min_rtt_s < 0.05

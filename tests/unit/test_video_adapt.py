@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import turbojpeg
 
+from pi2pi.net import TcpInfo
 from pi2pi.video import adapt
-from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung, TcpInfo
+from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung
 
 FPS = 15.0
 
@@ -310,24 +311,6 @@ def test_old_samples_go_once_newer_ones_fill_the_filter() -> None:
         gauge.look(t + 0.0245, at + 2896, 0)
         at += 2896
     assert gauge.bps(6.0) == pytest.approx(1448 / 0.0245)
-
-
-def test_tcp_info_is_read_where_the_kernel_has_it() -> None:
-    import socket
-
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        with socket.create_connection(server.getsockname()) as client:
-            peer, _ = server.accept()
-            with peer:
-                client.sendall(b"x" * 10_000)
-                got = 0
-                while got < 10_000:
-                    got += len(peer.recv(10_000))
-                info = adapt.read_tcp_info(client)
-    assert info is not None and info.retransmits == 0
-    assert info.min_rtt_s is not None and 0 < info.min_rtt_s < 0.05
 
 
 def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:

@@ -72,13 +72,13 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from pi2pi.net import TcpInfo
 
 log = logging.getLogger(__name__)
 
@@ -277,35 +277,6 @@ class Adapter:
 
 def kbit(bytes_per_s: float) -> str:
     return f"{bytes_per_s * 8 / 1000:.0f} kbit/s"
-
-
-@dataclass(frozen=True)
-class TcpInfo:
-    """What the adapter's gauge reads from the kernel's tcp_info besides SIOCOUTQ."""
-
-    min_rtt_s: Optional[float]   # the path's round trip without queueing (None: the kernel does not say)
-    retransmits: int             # segments retransmitted so far (tcpi_total_retrans)
-
-
-# struct tcp_info (linux/tcp.h): byte offsets of the fields read. tcpi_rtt and tcpi_total_retrans
-# are in every kernel pi2pi runs on; tcpi_min_rtt came with Linux 4.10 (a shorter struct: None).
-TCPI_RTT, TCPI_TOTAL_RETRANS, TCPI_MIN_RTT = 68, 100, 148
-
-
-def read_tcp_info(sock: socket.socket) -> Optional[TcpInfo]:
-    """The socket's tcp_info (Linux), or None where it cannot be read."""
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 152)
-    except OSError:
-        return None
-    if len(raw) < TCPI_TOTAL_RETRANS + 4:
-        return None
-    (rtt_us,) = struct.unpack_from("I", raw, TCPI_RTT)
-    (retrans,) = struct.unpack_from("I", raw, TCPI_TOTAL_RETRANS)
-    min_rtt_us = struct.unpack_from("I", raw, TCPI_MIN_RTT)[0] if len(raw) >= TCPI_MIN_RTT + 4 else None
-    if not min_rtt_us or min_rtt_us == 0xFFFFFFFF:   # ~0U: no sample yet
-        min_rtt_us = rtt_us or None
-    return TcpInfo(None if min_rtt_us is None else min_rtt_us / 1e6, retrans)
 
 
 @dataclass

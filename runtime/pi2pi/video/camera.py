@@ -5,9 +5,11 @@ leaves it in a one-frame slot; the sender thread takes whatever is newest
 there, encodes it (or passes a device's JPEG through) and writes it to the
 peer. A frame replaced in the slot before it was taken is dropped and counted:
 nothing queues, and only frames that will be sent are encoded. Before each
-frame the sender waits until the peer has acknowledged all but half a frame
-(--inflight) of what was sent, so a slow link drops frames here instead of
-filling the kernel's buffers with old ones.
+frame the sender waits until what the peer has not acknowledged, less what is
+merely on the wire (the link's rate times the path's shortest round trip),
+fits between half a frame and --inflight frames, so a slow link drops frames
+here instead of filling the kernel's buffers with old ones, and a long path
+still carries the whole frame rate.
 
 A peer that acknowledges nothing for --stall-s, or does not take a whole frame
 within --stall-s, is dropped (and redialled or waited for again). A listening
@@ -194,6 +196,8 @@ class Sender:
         # frame while the last is still acknowledged (the pipeline overlaps); a
         # link slower than the stream queues at most about one interval, so a new
         # frame is never far behind (latency stays bounded, frames drop instead).
+        # Bytes on the wire are not waiting: on a long path the budget adds what
+        # the link holds in flight (Sender.on_the_wire).
         self.queue_s = 1.0 / settings.fps if settings.fps > 0 else 1.0 / 30
         self.quality = settings.quality
         self.last_size = 0          # bytes of the last frame sent: the in-flight budget's unit
@@ -235,7 +239,7 @@ class Sender:
     def serve(self, sock: socket.socket) -> Optional[str]:
         """Send frames until the peer goes or we stop; the reason the peer went, if it did."""
 
-        from pi2pi.video.adapt import LinkRate, read_tcp_info
+        from pi2pi.video.adapt import LinkRate
 
         counters = self.counters
         drain = DrainRate()
@@ -248,13 +252,15 @@ class Sender:
             # each other in the slot (dropped, counted) instead of queueing.
             waited_since = time.monotonic()
             dropped_before = counters.dropped
+            info = net.read_tcp_info(sock)
+            path_rtt_s = info.min_rtt_s if info is not None else None
             while True:
                 unacked = net.unacked_bytes(sock)
                 now = time.monotonic()
                 drain.update(now, sent - unacked, busy=unacked > 0)
                 if gauge is not None:
-                    gauge.look(now, sent - unacked, unacked, read_tcp_info(sock))
-                if unacked <= self.allowance(drain.bps):
+                    gauge.look(now, sent - unacked, unacked, net.read_tcp_info(sock))
+                if unacked <= self.allowance(drain.bps, path_rtt_s):
                     break
                 if self.run.stop.wait(0.001):
                     return None
@@ -310,13 +316,11 @@ class Sender:
         sees when all of it was acknowledged (how fast the link is, also when it is fast)."""
         if gauge is None:
             return self.slot.take(0.2)
-        from pi2pi.video.adapt import read_tcp_info
-
         deadline = time.monotonic() + 0.2
         while True:
             unacked = net.unacked_bytes(sock)
             now = time.monotonic()
-            gauge.look(now, sent - unacked, unacked, read_tcp_info(sock))
+            gauge.look(now, sent - unacked, unacked, net.read_tcp_info(sock))
             left = deadline - now
             if unacked == 0 or left <= DRAIN_POLL_S:
                 return self.slot.take(max(0.0, left))
@@ -341,12 +345,25 @@ class Sender:
                      decision.rung.describe(frame.width, frame.height, self.fps, self.passthrough), decision.reason)
         return decision.rung
 
-    def allowance(self, drain_bps: Optional[float]) -> float:
-        """Unacknowledged bytes allowed before the next frame goes out."""
+    def allowance(self, drain_bps: Optional[float], path_rtt_s: Optional[float] = None) -> float:
+        """Unacknowledged bytes allowed before the next frame goes out: what may wait in the
+        link (one frame interval of its drain, between half a frame and `inflight` frames)
+        plus what is on the wire."""
         most = self.inflight * self.last_size
         if drain_bps is None:
             return most
-        return max(min(0.5, self.inflight) * self.last_size, min(most, drain_bps * self.queue_s))
+        waiting = max(min(0.5, self.inflight) * self.last_size, min(most, drain_bps * self.queue_s))
+        return waiting + self.on_the_wire(drain_bps, path_rtt_s)
+
+    def on_the_wire(self, drain_bps: float, path_rtt_s: Optional[float]) -> float:
+        """Bytes in flight that are not queued anywhere: the rate the link carries (at most
+        the stream's own) times the path's shortest round trip (tcp_info's min_rtt). On a LAN
+        that is nothing; at 160 ms it is two frames of a 15 fps stream, which a budget of
+        1.5 frames would otherwise hold back to about 9 fps on a link with room to spare.
+        A link slower than the stream drains slower, so this shrinks with it."""
+        if not path_rtt_s or not self.last_size:
+            return 0.0
+        return min(drain_bps, self.last_size / self.queue_s) * path_rtt_s
 
     def encode(self, frame: Any, rung: Any = None) -> Optional[bytes]:
         """The frame's JPEG: the device's own, or TurboJPEG from YUV at the rung's quality and
