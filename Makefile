@@ -7,7 +7,7 @@ LAB   := $(PY) -m tests.lab
 SOAK_MINUTES ?= 30
 FUZZ_RUNS ?= 100000
 
-.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel fuzz memcheck soak lock
+.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel bench-transport fuzz memcheck soak lock
 
 help:
 	@echo "make setup        Debian packages + .venv (every other target runs it)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark;  make bench-panel  the panel's picture cost"
 	@echo "make bench-adapt  the camera's adaptive quality on a link limited to a third of the stream, then freed"
+	@echo "make bench-transport  media direct vs inside the ssh tunnel (two ciphers) in the lab: CPU per MB, latency, loss"
 	@echo "make fuzz         fuzz each parser long (FUZZ_RUNS=$(FUZZ_RUNS) inputs each; make test runs a short one)"
 	@echo "make soak         a $(SOAK_MINUTES)-minute call in the lab: memory, fds, threads flat (SOAK_MINUTES=; make test runs 2)"
 	@echo "make memcheck     valgrind memcheck of camera->viewer and talk->listen: no leaks in the native libraries"
@@ -55,6 +56,9 @@ bench-audio: setup
 
 bench-panel: setup
 	$(PY) -m tests.bench.panel
+
+bench-transport: setup
+	$(PY) -m tests.bench.transport
 
 # Every target, even after one found something; fails if any did.
 fuzz: setup
