@@ -166,27 +166,26 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
 def report(results: Dict[str, Dict[str, List[Dict[str, Any]]]], load_before: float) -> Dict[str, Any]:
     figures: Dict[str, Any] = {"load_before": round(load_before, 2), "call_s": CALL_S, "lossy": LOSSY}
     print(f"bench-transport: {CALL_S:g} s calls in the lab, CPU over {WINDOW[1] - WINDOW[0]:g} s of each; "
-          f"load before {load_before:.2f}; medians (min..max)")
+          f"load before {load_before:.2f}; medians (each figure's min and max in the JSON line)")
     for link in ("clean", "lossy"):
         print(f"\n{link} link" + (f" ({LOSSY} on both Pis' uplinks)" if link == "lossy" else ""))
-        print(f"  {'way':<16} {'natpi ms/MB':>12} {'of it ssh':>10} {'gwpi ms/MB':>11} {'of it ssh':>10} "
-              f"{'video p50':>10} {'p99':>7} {'audio buf':>10} {'underruns':>10}")
+        print(f"  {'way':<16} {'natpi ms/MB':>11} {'(ssh)':>6} {'gwpi ms/MB':>10} {'(ssh)':>6}  "
+              f"{'video p50 / p99 ms, n->g | g->n':<31} {'audio buffer mean ms':<21} {'underruns':<9}")
         for way, by_link in results.items():
             s = summarise(by_link[link])
             figures[f"{link} {way}"] = s
 
-            def ms(key: str) -> str:
-                v = s[key]
-                return "-" if v["median"] is None else f"{v['median'] * 1000:.1f}"
+            def v(key: str, scale: float = 1.0, fmt: str = "{:.0f}") -> str:
+                m = s[key]["median"]
+                return "-" if m is None else fmt.format(m * scale)
 
-            def val(key: str, fmt: str = "{:.0f}") -> str:
-                v = s[key]
-                return "-" if v["median"] is None else fmt.format(v["median"])
-
-            print(f"  {way:<16} {ms('natpi_cpu_s_per_mb'):>12} {ms('natpi_ssh_cpu_s_per_mb'):>10} "
-                  f"{ms('gwpi_cpu_s_per_mb'):>11} {ms('gwpi_ssh_cpu_s_per_mb'):>10} "
-                  f"{val('video_natpi_to_gwpi_latency_p50_ms'):>10} {val('video_natpi_to_gwpi_latency_p99_ms'):>7} "
-                  f"{val('audio_natpi_to_gwpi_buffer_mean_ms'):>10} {val('audio_natpi_to_gwpi_underruns'):>10}")
+            video = " | ".join(f"{v(f'video_{d}_latency_p50_ms')} / {v(f'video_{d}_latency_p99_ms')}"
+                               for d in ("natpi_to_gwpi", "gwpi_to_natpi"))
+            audio = " | ".join(v(f"audio_{d}_buffer_mean_ms") for d in ("natpi_to_gwpi", "gwpi_to_natpi"))
+            under = " | ".join(v(f"audio_{d}_underruns") for d in ("natpi_to_gwpi", "gwpi_to_natpi"))
+            print(f"  {way:<16} {v('natpi_cpu_s_per_mb', 1000):>11} {v('natpi_ssh_cpu_s_per_mb', 1000):>6} "
+                  f"{v('gwpi_cpu_s_per_mb', 1000):>10} {v('gwpi_ssh_cpu_s_per_mb', 1000):>6}  "
+                  f"{video:<31} {audio:<21} {under:<9}")
     return figures
 
 
