@@ -339,6 +339,16 @@ def test_config_files_follow_the_inventory(lab: Lab, provisioned: None) -> None:
     assert natpi["camera"]["size"] == SITE["pi2pi_video_size"]
 
 
+def test_runtime_user_opens_camera_and_sound_and_no_wrapper_without_a_camera(lab: Lab, provisioned: None) -> None:
+    import json
+    for host in ("natpi", "gwpi"):
+        assert {"video", "audio"} <= set(lab.run(host, "id -nG pi").stdout.split()), host
+        # The camera role's steps are off here: it says so, and the camera runs as it is.
+        fact = json.loads(lab.run(host, "cat /etc/ansible/facts.d/pi2pi_camera.fact").stdout)
+        assert fact["wrapper"] == "", fact
+        assert "camera_wrapper" not in lab.run(host, "cat /etc/pi2pi/pi2pi.conf").stdout
+
+
 # ----- the tunnel -----------------------------------------------------------------------
 
 def test_tunnel_gives_gwpi_an_ssh_to_natpi(lab: Lab, tunnel: None) -> None:
