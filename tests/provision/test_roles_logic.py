@@ -132,3 +132,39 @@ def test_runtime_config_with_and_without_libcamerify(tmp_path) -> None:
     (bin_dir / "libcamerify").write_text("#!/bin/sh\nexec \"$@\"\n")
     (bin_dir / "libcamerify").chmod(0o755)
     assert check_config(wrapped, bin_dir).returncode == 0, check_config(wrapped, bin_dir).stderr
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemd as it answers for a unit that is not on disk (what check mode leaves).
+case "$1" in
+show) echo "LoadState=not-found"; echo "ActiveState=inactive" ;;
+is-enabled) echo "not-found"; exit 4 ;;
+list-unit-files) exit 1 ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("unit_changed", [True, False])
+def test_check_mode_skips_enabling_a_unit_the_run_would_install(tmp_path, unit_changed) -> None:
+    """ansible-core's systemd_service fails on a unit systemd cannot find (a fresh
+    host in --check never wrote it): the tunnel's enable/start is skipped then."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "systemctl").chmod(0o755)
+    playbook = tmp_path / "service.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "The tunnel's service step in check mode", "hosts": "localhost", "connection": "local",
+        "gather_facts": False, "vars": {"tunnel_unit_file": {"changed": unit_changed}},
+        "tasks": [{"name": "Service", "ansible.builtin.include_role": {"name": "tunnel", "tasks_from": "service.yml"}}],
+    }]))
+    result = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "--check", str(playbook)], cwd=REPO,
+                            env={"PATH": f"{bin_dir}:{REPO / '.venv' / 'bin'}:/usr/bin:/bin", "HOME": "/root",
+                                 "ANSIBLE_NOCOLOR": "1", "LANG": "C.UTF-8", "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+                            capture_output=True, text=True, timeout=120)
+    if unit_changed:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "skipping: [localhost]" in result.stdout, result.stdout
+    else:  # the failure the guard avoids, from the real module (the control)
+        assert result.returncode != 0 and "Could not find the requested service" in result.stdout, result.stdout
