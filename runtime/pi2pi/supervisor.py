@@ -11,7 +11,9 @@ its own, so it outlives the ssh session that started it:
 
 It tells `up` (through a pipe) once every program listens or dials, or which
 one could not start (and then stops the others). Every program gets the call's
-token file: the supervisor never starts one without it.
+token file: the supervisor never starts one without it. The camera runs under
+`[call] camera_wrapper` when it is set (libcamerify: a Pi camera on Raspberry Pi
+OS 12, where the camera is libcamera's and the V4L2 layer is its wrapper).
 
 The call directory `<calls>/<ID>/` holds everything about the call on this Pi:
 
@@ -60,6 +62,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,6 +115,7 @@ class Settings:
     stop_timeout_s: float = 3.0      # a program still running this long after SIGTERM is killed
     drain_s: float = 1.0             # receivers' time to take in what is in flight after the senders stop
     keep: int = 50                   # call directories kept; older ones are removed by `up`
+    camera_wrapper: Optional[str] = None  # a command the camera runs under (libcamerify: a Pi camera on Pi OS 12)
 
     def validate(self) -> None:
         if self.side not in SIDES:
@@ -123,6 +128,15 @@ class Settings:
             raise config.ConfigError("call.stop_timeout_s must be 0..60 s (not 0) and call.drain_s 0..30 s")
         if self.keep < 1:
             raise config.ConfigError(f"call.keep {self.keep}: want at least 1")
+        if self.camera_wrapper:
+            words = shlex.split(self.camera_wrapper)
+            if not words or shutil.which(words[0]) is None:
+                raise config.ConfigError(f"call.camera_wrapper {self.camera_wrapper!r}: no such command"
+                                         " (libcamerify: apt install libcamera-v4l2)")
+
+    def camera_prefix(self) -> List[str]:
+        """The words the camera's command line starts with (none without a wrapper)."""
+        return shlex.split(self.camera_wrapper) if self.camera_wrapper else []
 
     def calls_dir(self) -> Path:
         return Path(os.path.expanduser(self.calls))
@@ -310,13 +324,14 @@ class Supervisor:
             argv += ["--record", str(self.dir / "listen.wav")]
         if name == "viewer":
             argv += ["--snapshot", str(self.dir / "viewer.png")]
+        prefix = self.settings.camera_prefix() if name == "camera" else []
         env = dict(os.environ, **{ENV_SUPERVISOR: str(os.getpid()), ENV_CALL: str(self.dir)})
         env.pop(ENV_READY_FD, None)
         log_path = self.dir / f"{name}.log"
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(prefix + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=env, cwd=str(self.dir))
-        log.info("%s started (pid %d): %s", name, proc.pid, " ".join(argv[2:]))
+        log.info("%s started (pid %d): %s", name, proc.pid, " ".join(prefix + argv[2:]))
         return Program(name, proc, log_path)
 
     def write_status(self) -> None:
