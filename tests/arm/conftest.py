@@ -39,6 +39,7 @@ def chosen_roots() -> List[Tuple[str, str]]:
 
 if ENABLED:
     from tests.arm.pi import EmulatedPi, cached_root
+    from tests.video.conftest import no_leftover_programs  # noqa: F401  (autouse: a failed test's programs)
     from tests.provision.helpers import REPO, build_wheelhouse
 
     logging.getLogger("arm").setLevel(logging.INFO)

@@ -67,14 +67,19 @@ class EmulatedPi:
         upper, scratch = work / "upper", work / "scratch"
         for directory in (self.root, upper, scratch):
             directory.mkdir(parents=True, exist_ok=True)
-        self._mount(["-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={scratch}"],
-                    self.root)
-        self._mount(["-t", "proc", "proc"], self.root / "proc")
-        self._mount(["--bind", "/dev"], self.root / "dev")
-        inside = self.root / shared.relative_to("/")
-        inside.mkdir(parents=True, exist_ok=True)
-        self._mount(["--bind", str(shared)], inside)
-        shutil.copy("/etc/resolv.conf", self.root / "etc" / "resolv.conf")
+        try:
+            self._mount(["-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={scratch}"],
+                        self.root)
+            self._mount(["-t", "proc", "proc"], self.root / "proc")
+            self._mount(["--bind", "/dev"], self.root / "dev")
+            inside = self.root / shared.relative_to("/")
+            inside.mkdir(parents=True, exist_ok=True)
+            self._mount(["--bind", str(shared)], inside)
+            # The host's resolver, for a set-up that reaches the package registries.
+            shutil.copy("/etc/resolv.conf", self.root / "etc" / "resolv.conf")
+        except BaseException:
+            self.close()
+            raise
 
     def _mount(self, args: List[str], target: Path) -> None:
         subprocess.run(["mount", *args, str(target)], check=True)

@@ -28,13 +28,33 @@ if [ ! -e "/proc/sys/fs/binfmt_misc/$qemu" ]; then
 fi
 
 packages=$(grep -hvE '^\s*(#|$)' "$here/$kind-packages.txt" | tr '\n' ',')
-# No documentation, manual pages or translations: less to unpack under
-# emulation, nothing a test reads. Recommends are off (mmdebstrap's default).
+# What is done under emulation is what costs: no documentation, manual pages
+# or translations to unpack (nothing reads them), no recommends (mmdebstrap's
+# default), and /usr merged by mmdebstrap's hook where the suite has
+# usr-is-merged (bookworm): else init-system-helpers pulls in usrmerge, and
+# with it perl and a conversion run by the emulated perl.
 options=(--variant=apt --arch="$arch" --include="${packages%,}"
+         --hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr
          --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
          --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
          --aptopt='Acquire::Retries "3"')
-key=$(printf '%s\n' "$suite" "${options[@]}" | sha256sum | cut -c1-16)
+# A runtime root never speaks TLS (the Pi installs offline), yet python3-venv
+# pulls in ca-certificates, whose postinst spends minutes emulated on ~140
+# certificates: without their files it has none to link. The controller's
+# root keeps them (its set-up reaches PyPI).
+if [ "$kind" = runtime ]; then
+    options+=(--dpkgopt='path-exclude=/usr/share/ca-certificates/*')
+fi
+# Debian's registry: the suite and its updates, and its security updates where
+# they are still served for this arch (bullseye's armhf ones are not: 404).
+mirror=http://deb.debian.org
+sources=("deb $mirror/debian $suite main" "deb $mirror/debian $suite-updates main")
+if curl -fsI -m 30 "$mirror/debian-security/dists/$suite-security/main/binary-$arch/Packages.xz" >/dev/null; then
+    sources+=("deb $mirror/debian-security $suite-security main")
+else
+    log "$suite-security is not served for $arch: the root has $suite and $suite-updates only"
+fi
+key=$(printf '%s\n' "$suite" "${options[@]}" "${sources[@]}" | sha256sum | cut -c1-16)
 name=$suite-$arch-$kind
 root=$cache/$name-$key
 mkdir -p "$cache"
@@ -43,12 +63,12 @@ flock 8
 if [ ! -e "$root/.pi2pi-root" ]; then
     start=$(date +%s)
     log "building $name in $root (mmdebstrap, emulated: minutes)"
-    rm -rf "$root.new"
-    mmdebstrap --quiet "${options[@]}" "$suite" "$root.new" >&2
+    rm -rf --one-file-system "$root.new"
+    mmdebstrap --quiet "${options[@]}" "$suite" "$root.new" "${sources[@]}" >&2
     echo "$name $(date -u +%FT%TZ)" > "$root.new/.pi2pi-root"
     mv "$root.new" "$root"
     for old in "$cache/$name-"*/; do   # the roots of older keys
-        [ "${old%/}" = "$root" ] || rm -rf "${old%/}"
+        [ "${old%/}" = "$root" ] || rm -rf --one-file-system "${old%/}"
     done
     log "built $name in $(( $(date +%s) - start )) s, $(du -sm "$root" | cut -f1) MB"
 fi
