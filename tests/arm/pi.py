@@ -12,6 +12,7 @@ index.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -30,11 +31,11 @@ VENV = "/opt/pi2pi/venv"   # the runtime role's runtime_venv
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def cached_root(suite: str, arch: str, timeout_s: float = 1800) -> Path:
-    """The cached root of SUITE for ARCH, built first when the cache lacks it."""
-    done = subprocess.run([str(ROOT_SCRIPT), suite, arch], capture_output=True, text=True, timeout=timeout_s)
+def cached_root(suite: str, arch: str, kind: str = "runtime", timeout_s: float = 1800) -> Path:
+    """The cached root of SUITE for ARCH with KIND's packages, built first when the cache lacks it."""
+    done = subprocess.run([str(ROOT_SCRIPT), suite, arch, kind], capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
-        raise RuntimeError(f"root.sh {suite} {arch} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"root.sh {suite} {arch} {kind} failed:\n{done.stderr[-4000:]}")
     for line in done.stderr.splitlines():
         log.info("%s", line)
     return Path(done.stdout.strip())
@@ -122,6 +123,18 @@ class EmulatedPi:
             if done.returncode != 0:
                 break
         return results
+
+    def trust_this_machines_registries(self) -> Dict[str, str]:
+        """This machine's own way to the package registries, carried into the root: its local
+        CA certificates (ca-certificates adds them to the root's bundle when apt installs it)
+        and its pip and proxy settings. The environment to run a set-up with."""
+        local_cas = Path("/usr/local/share/ca-certificates")
+        if local_cas.is_dir():
+            shutil.copytree(local_cas, self.root / local_cas.relative_to("/"), dirs_exist_ok=True)
+        passed = ("PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_INDEX_URL", "http_proxy", "https_proxy",
+                  "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+        return {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8",
+                **{name: value for name, value in os.environ.items() if name in passed}}
 
     def python(self, code: str) -> str:
         """What the Pi's own python3 prints for `code`."""
