@@ -58,7 +58,7 @@ if ENABLED:
         work = Path(tempfile.mkdtemp(prefix=f"pi2pi-arm-{suite}-{arch}-", dir="/var/tmp"))
         try:
             with EmulatedPi(suite, arch, lower, work, tmp_path_factory.getbasetemp()) as emulated:
-                emulated.installed = emulated.install_runtime(wheelhouse)
+                emulated.installed = emulated.install_runtime(wheelhouse)   # checked by the first test
                 yield emulated
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -64,6 +64,7 @@ class EmulatedPi:
     def __init__(self, suite: str, arch: str, lower: Path, work: Path, shared: Path) -> None:
         self.suite, self.arch = suite, arch
         self.root = work / "root"
+        self.installed: List[subprocess.CompletedProcess] = []   # install_runtime's commands, as they ended
         self._mounts: List[Path] = []
         upper, scratch = work / "upper", work / "scratch"
         for directory in (self.root, upper, scratch):
