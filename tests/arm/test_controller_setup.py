@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from PIL import Image
 
 from tests.arm.pi import EmulatedPi, cached_root
 from tests.provision.helpers import REPO
@@ -25,6 +26,22 @@ CHECKOUT = "/home/pi/pi2pi"
 TEST_DEBIAN = ["qemu-system-x86", "linux-image-amd64", "xvfb", "valgrind", "mmdebstrap", "qemu-user-static",
                "gstreamer1.0-tools", "openssh-server", "sox"]
 TEST_PYTHON = ["pytest", "ansible-lint", "virtme-ng", "atheris", "vermin", "pyalsaaudio", "PyTurboJPEG"]
+
+
+# fab stats --plot's drawing, of a short call's viewer lines on both sides.
+DRAW = """
+import sys
+from pathlib import Path
+import matplotlib
+from controller import plot
+def line(i, at):
+    viewer = {"at": at - 0.1, "frames": 10 * i, "received": 10 * i, "bytes": 40000 * i,
+              "latency_ms": 30.0 + i, "dropped": 0, "reconnects": 0}
+    return {"at": at, "programs": {"viewer": viewer}}
+sides = {"natpi": [line(i, 1000.0 + i) for i in range(5)], "gwpi": [line(i, 1000.3 + i) for i in range(5)]}
+plot.draw(plot.series(sides), "call x", Path(sys.argv[1]), size_px=(800, 600))
+print(matplotlib.__version__, matplotlib.__file__)
+"""
 
 
 def copy_checkout(target: Path) -> None:
@@ -63,10 +80,11 @@ def test_controller_setup_on_armhf_brings_the_controller_alone(natpi: EmulatedPi
     assert syntax.returncode == 0, syntax.stdout[-2000:] + syntax.stderr[-2000:]
     tasks = natpi.run([f"{venv}/fab", "--list"], timeout_s=300, cwd=CHECKOUT)
     assert tasks.returncode == 0 and "call" in tasks.stdout and "hangup" in tasks.stdout, tasks.stdout + tasks.stderr
-    plot = natpi.run([f"{venv}/python", "-c",
-                      "import matplotlib; from controller import plot; "
-                      "print(matplotlib.__version__, matplotlib.__file__)"], timeout_s=300, cwd=CHECKOUT)
+    png = tmp_path / "call.png"
+    plot = natpi.run([f"{venv}/python", "-c", DRAW, str(png)], timeout_s=600, cwd=CHECKOUT)
     assert plot.returncode == 0 and "/usr/lib/python3/dist-packages/" in plot.stdout, plot.stdout + plot.stderr
+    with Image.open(png) as image:
+        assert image.size == (800, 600)
     # ... and nothing of the test bench's came with them.
     installed = natpi.run(["dpkg-query", "-W", "-f", "${Package} ${Status}\\n", *TEST_DEBIAN]).stdout
     assert "install ok installed" not in installed, installed
