@@ -7,11 +7,14 @@ LAB   := $(PY) -m tests.lab
 SOAK_MINUTES ?= 30
 FUZZ_RUNS ?= 100000
 
-.PHONY: help setup test test-host test-hw demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel bench-transport fuzz memcheck soak lock
+.PHONY: help setup setup-test test test-host test-hw test-arm test-arm-setup demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel bench-transport fuzz memcheck soak lock
 
 help:
-	@echo "make setup        Debian packages + .venv (every other target runs it)"
-	@echo "make test         all tests: unit, lint, media, lab, hardware lab (CI runs this)"
+	@echo "make setup        the controller's Debian packages + .venv: Ansible, fab (what natpi needs)"
+	@echo "make setup-test   and the test bench's: lab, VMs, linters, pytest (the other targets run it)"
+	@echo "make test         all tests: unit, lint, media, lab, hardware lab, emulated ARM Pis (CI runs this)"
+	@echo "make test-arm     the runtime on emulated Pis (bookworm armhf/arm64, bullseye armhf)"
+	@echo "make test-arm-setup  make setup inside an emulated armhf Pi: the controller's set-up alone"
 	@echo "make demo         the lab end to end: provision, call, hang up, stats"
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark;  make bench-panel  the panel's picture cost"
@@ -21,55 +24,71 @@ help:
 	@echo "make soak         a $(SOAK_MINUTES)-minute call in the lab: memory, fds, threads flat (SOAK_MINUTES=; make test runs 2)"
 	@echo "make memcheck     valgrind memcheck of camera->viewer and talk->listen: no leaks in the native libraries"
 
+# The controller's set-up (natpi): Ansible, fab, what the playbooks call.
 setup:
-	@scripts/setup.sh apt-packages-hw.txt
+	@scripts/setup.sh
 
-# The README's test command. Host tests (unit, lint, media, lab) then the VM.
+# The test bench's, beside the controller's: every target below runs it.
+setup-test:
+	@scripts/setup.sh test
+
+# The README's test command. Host tests (unit, lint, media, lab), the VM, an emulated
+# 32-bit Pi (bookworm armhf: Pi 2 and 3, the seed's; each root costs ~5 min to build
+# on a bare machine, so arm64 and bullseye are make test-arm's).
 test: test-host test-hw
+	$(MAKE) test-arm PI2PI_ARM_ROOTS=bookworm:armhf
 
-test-host: setup
+test-host: setup-test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-hw: setup
+test-hw: setup-test
 	tests/hw/run
 
-demo: setup
+# Roots cached in /var/cache/pi2pi-arm (PI2PI_ARM_CACHE); PI2PI_ARM_ROOTS="bookworm:armhf" narrows them.
+test-arm: setup-test
+	PI2PI_ARM=1 PI2PI_ARM_ROOTS="$(PI2PI_ARM_ROOTS)" $(VENV)/bin/pytest tests/arm/test_runtime.py $(PYTEST_ARGS)
+
+# Slow (the controller's packages installed under emulation), so not in make test.
+test-arm-setup: setup-test
+	PI2PI_ARM=1 $(VENV)/bin/pytest tests/arm/test_controller_setup.py $(PYTEST_ARGS)
+
+demo: setup-test
 	$(PY) -m tests.demo
 
-lab-up: setup
+lab-up: setup-test
 	$(LAB) up
 
-lab-down: setup
+lab-down: setup-test
 	$(LAB) down
 
-lab-shell: setup
+lab-shell: setup-test
 	$(LAB) shell $(or $(HOST),natpi)
 
-bench-video: setup
+bench-video: setup-test
 	$(PY) -m tests.bench.video
 
-bench-adapt: setup
+bench-adapt: setup-test
 	$(PY) -m tests.bench.adapt
 
-bench-audio: setup
+bench-audio: setup-test
 	$(PY) -m tests.bench.audio
 
-bench-panel: setup
+bench-panel: setup-test
 	$(PY) -m tests.bench.panel
 
-bench-transport: setup
+bench-transport: setup-test
 	$(PY) -m tests.bench.transport
 
 # Every target, even after one found something; fails if any did.
-fuzz: setup
+fuzz: setup-test
 	@status=0; for target in video audio handshake; do \
 		$(PY) -m tests.fuzz $$target --runs $(FUZZ_RUNS) || status=1; \
 	done; exit $$status
 
-soak: setup
+soak: setup-test
 	$(PY) -m tests.soak --minutes $(SOAK_MINUTES)
 
-memcheck: setup
+memcheck: setup-test
 	$(PY) -m tests.memcheck
 
 lock:

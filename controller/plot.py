@@ -181,7 +181,7 @@ def draw(data: Dict[str, Any], title: str, path: Optional[Path] = None,
         from matplotlib.figure import Figure
     except ImportError:
         raise CannotPlot("matplotlib is not installed in this venv: `make setup` installs it "
-                         "(requirements.txt)") from None
+                         "(requirements.txt; on armhf Debian's python3-matplotlib)") from None
     figure = Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(PANELS), 1, sharex=True)

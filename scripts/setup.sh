@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
-# One-time set-up of this machine for pi2pi: Debian packages and .venv.
+# Set-up of this machine for pi2pi: Debian packages and .venv.
+#
+#   scripts/setup.sh           the controller's (make setup): Ansible, fab and
+#                              what the playbooks call; all a Pi as natpi needs
+#   scripts/setup.sh test      and the test bench's (make setup-test): the
+#                              runtime's libraries, the lab, the VMs, linters,
+#                              pytest, fuzzing
+#
 # Re-runs are cheap: each step is skipped when what it installs is already there
-# (apt: every package present; venv: a stamp of the requirement files' hash).
+# (apt: every package present; venv: a stamp per set of the requirement files' hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+kind=${1:-controller}
+case $kind in
+    controller) apt_lists=(apt-packages.txt) requirements=requirements.txt ;;
+    test) apt_lists=(apt-packages.txt apt-packages-test.txt apt-packages-hw.txt) requirements=requirements-test.txt ;;
+    *) echo "usage: $0 [controller|test]" >&2; exit 2 ;;
+esac
+# 32-bit ARM (Raspberry Pi OS armhf): Debian's copies of what PyPI has no wheel of.
+armv7=
+if [ "$(uname -m)" = armv7l ]; then
+    armv7=1
+    apt_lists+=(apt-packages-armhf.txt)
+fi
 
 want_apt() { grep -hvE '^\s*(#|$)' "$@"; }
 
 missing=()
-for pkg in $(want_apt apt-packages.txt "$@"); do
+for pkg in $(want_apt "${apt_lists[@]}"); do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -19,14 +38,39 @@ if ((${#missing[@]})); then
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# On armv7l the pins of what Debian installed (apt-packages-armhf.txt and what
+# it pulled in) give way: the venv takes Debian's copies from the system site
+# packages instead of compiling PyPI's sdists.
+constraints=constraints.txt
+if [ -n "$armv7" ]; then
+    constraints=$(mktemp)
+    trap 'rm -f "$constraints"' EXIT
+    /usr/bin/python3 - constraints.txt >"$constraints" <<'PY'
+import importlib.metadata
+import re
+import sys
+
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+debian = {norm(d.metadata["Name"]) for d in importlib.metadata.distributions(path=["/usr/lib/python3/dist-packages"])}
+for line in open(sys.argv[1]):
+    name = re.split(r"[=<>!~ ;\[]", line.strip(), maxsplit=1)[0]
+    if line.startswith("#") or norm(name) not in debian:
+        sys.stdout.write(line)
+PY
+fi
+
 # Debian's python3, as on Raspberry Pi OS; system site packages for python3-numpy
 # (no armv7 wheel on PyPI, so a Pi uses Debian's).
-stamp=.venv/.pi2pi-setup
-hash=$(cat requirements.txt constraints.txt runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
+stamp=.venv/.pi2pi-setup-$kind
+hash=$(cat requirements*.txt constraints.txt runtime/pyproject.toml "${apt_lists[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
-    echo "setup: creating .venv"
+    echo "setup: .venv with $requirements"
     /usr/bin/python3 -m venv --system-site-packages .venv
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
-    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e runtime
+    .venv/bin/pip install -q --disable-pip-version-check -r "$requirements" -c "$constraints"
+    if [ "$kind" = test ]; then
+        .venv/bin/pip install -q --disable-pip-version-check --no-deps -e runtime
+    fi
     echo "$hash" > "$stamp"
 fi

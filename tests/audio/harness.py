@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -65,9 +65,11 @@ def wait_listening(port: int, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-def start(program: str, args: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
+def start(program: str, args: List[str], env: Dict[str, str], log: Path,
+          command: Sequence[str] = tuple(PI2PI)) -> subprocess.Popen:
+    """`pi2pi PROGRAM ARGS -v`, run by `command` (this interpreter's by default; tests/arm: an emulated Pi's)."""
     handle = open(log, "w")
-    return subprocess.Popen(PI2PI + [program] + args + ["-v"], env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen([*command, program, *args, "-v"], env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def finish(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import opuslib
@@ -59,7 +59,8 @@ def sounding(x: np.ndarray, threshold: float = 1000.0, margin_s: float = 0.05) -
 
 
 def run_call(tmp_path: Path, signal_in: np.ndarray, talk_s: float, extra_talk: List[str] = (),
-             extra_listen: List[str] = ()):
+             extra_listen: List[str] = (), command: Sequence[str] = tuple(harness.PI2PI)):
+    """talk plays `signal_in` to listen over loopback; `command` runs pi2pi (tests/arm: on an emulated Pi)."""
     env = harness.alsa_env(tmp_path / "alsa", signal_in)
     port = harness.free_port()
     stats = tmp_path / "stats"
@@ -67,12 +68,12 @@ def run_call(tmp_path: Path, signal_in: np.ndarray, talk_s: float, extra_talk: L
     listen = harness.start("listen", ["--listen", f"127.0.0.1:{port}", "--device", "null", "--pace", "clock",
                                       "--record", str(wav), "--stats", str(stats), "--duration", "30",
                                       *ROOMY,
-                                      *extra_listen], env, tmp_path / "listen.log")
+                                      *extra_listen], env, tmp_path / "listen.log", command)
     try:
         harness.wait_listening(port)
         talk = harness.start("talk", ["--connect", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
                                       "--duration", str(talk_s), "--stats", str(stats), *extra_talk],
-                             env, tmp_path / "talk.log")
+                             env, tmp_path / "talk.log", command)
         assert harness.finish(talk, talk_s + 15) == 0, (tmp_path / "talk.log").read_text()
         time.sleep(0.5)   # let listen play out what it holds
     finally:
@@ -83,18 +84,29 @@ def run_call(tmp_path: Path, signal_in: np.ndarray, talk_s: float, extra_talk: L
     return harness.stats(stats, "talk"), harness.stats(stats, "listen"), heard
 
 
+CHIRP_TALK_S = 3.4   # the chirp with its silences around it
+
+
+def chirp_input() -> np.ndarray:
+    """A 2.5 s chirp, 0.4 s of silence before it and 1.5 s after."""
+    return harness.with_silence(faded(analysis.chirp(RATE, 2.5, 200.0, 4000.0)), RATE, 0.4, 1.5)
+
+
 @pytest.mark.parametrize("with_token", [False, True], ids=["seed-protocol", "call-token"])
 def test_chirp_comes_out_aligned_whole_and_without_a_cut(tmp_path, with_token):
-    chirp = faded(analysis.chirp(RATE, 2.5, 200.0, 4000.0))
-    signal_in = harness.with_silence(chirp, RATE, 0.4, 1.5)
+    signal_in = chirp_input()
     extra: List[str] = []
     if with_token:
         token = tmp_path / "token"
         token.write_text("a-call-token-of-32-characters-xx\n")
         token.chmod(0o600)
         extra = ["--token-file", str(token)]
-    talk, listen, heard = run_call(tmp_path, signal_in, 3.4, extra, extra)
+    talk, listen, heard = run_call(tmp_path, signal_in, CHIRP_TALK_S, extra, extra)
+    check_chirp_heard(signal_in, talk, listen, heard)
 
+
+def check_chirp_heard(signal_in: np.ndarray, talk: dict, listen: dict, heard: np.ndarray) -> None:
+    """What a listener checks of the chirp's call: all of it, in order, no cut; the counts add up."""
     lag, corr = analysis.align(signal_in, heard)
     # (Opus does not keep a chirp's waveform exactly, and a counted gap splits the
     # alignment: the whole-file peak only finds the lag; each window is checked below)

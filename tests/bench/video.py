@@ -255,7 +255,7 @@ def namespaces_up(rate_kbit: int) -> str:
 def main() -> int:
     for tool in ("gst-launch-1.0", "ip", "tc"):
         if shutil.which(tool) is None:
-            print(f"bench-video: {tool} is missing (make setup installs it)", file=sys.stderr)
+            print(f"bench-video: {tool} is missing (make setup-test installs it)", file=sys.stderr)
             return 2
     work = Path(tempfile.mkdtemp(prefix="pi2pi-bench-video-"))
     try:

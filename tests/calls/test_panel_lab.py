@@ -120,7 +120,7 @@ class Screen:
 
 @pytest.fixture(scope="module")
 def screens(site: Lab) -> Iterator[Dict[str, Screen]]:
-    assert shutil.which("Xvfb") and shutil.which("xdotool"), "Xvfb and xdotool come with make setup"
+    assert shutil.which("Xvfb") and shutil.which("xdotool"), "Xvfb and xdotool come with make setup-test"
     lab = site
     shown = {host: Screen(lab, host) for host in ("natpi", "gwpi")}
     yield shown

@@ -14,7 +14,7 @@ import pytest
 from tests.bench import panel as bench
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb comes with make setup (apt-packages.txt)")
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb comes with make setup-test (apt-packages-test.txt)")
 def test_the_window_shows_the_viewers_picture_and_its_cost_is_kept(results):
     xvfb = bench.with_display(":94")
     try:

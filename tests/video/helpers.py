@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,10 +28,11 @@ class Program:
 
     started: List["Program"] = []  # conftest kills whatever a failed test left running
 
-    def __init__(self, args: List[str], cwd: Path) -> None:
+    def __init__(self, args: List[str], cwd: Path, command: Sequence[str] = (sys.executable, "-m", "pi2pi")) -> None:
+        """`command` runs pi2pi: this interpreter's by default (tests/arm: an emulated Pi's)."""
         env = dict(os.environ, PI2PI_CONFIG=str(cwd / "none.conf"))
         (cwd / "none.conf").write_text("")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pi2pi", *args, "-v"], cwd=cwd, env=env,
+        self.proc = subprocess.Popen([*command, *args, "-v"], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: List[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
