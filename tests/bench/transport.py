@@ -47,7 +47,7 @@ WAYS: Dict[str, Tuple[str, Sequence[str]]] = {
 }
 CALLS = "/var/lib/pi2pi/calls"
 
-# Inside a Pi: CPU seconds so far of the call's programs and of ssh/sshd, by name.
+# Inside a Pi: CPU seconds so far of each of the call's programs and each ssh/sshd, by pid.
 CPU = r"""
 import json, os, sys
 calls = sys.argv[1]
@@ -66,7 +66,7 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
     seconds = (int(fields[11]) + int(fields[12])) / tick
     name = programs.get(int(pid)) or (comm if comm in ("ssh", "sshd") else None)
     if name:
-        out[name] = out.get(name, 0.0) + seconds
+        out[pid] = [name, seconds]
 print(json.dumps(out))
 """
 
@@ -91,8 +91,18 @@ def provision_way(lab: Lab, transport: str, ciphers: Sequence[str]) -> None:
                  30, "the tunnel's media forwards on natpi")
 
 
-def cpu(lab: Lab, host: str) -> Dict[str, float]:
+def cpu(lab: Lab, host: str) -> Dict[str, List[Any]]:
     return json.loads(lab.run(host, ["python3", "-c", CPU, CALLS]).stdout)
+
+
+def spent_by_name(before: Dict[str, List[Any]], after: Dict[str, List[Any]]) -> Dict[str, float]:
+    """CPU seconds spent between two looks, by name, over the processes seen in both (an ssh
+    that came or went meanwhile, such as a control connection, is not the tunnel)."""
+    spent: Dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        if pid in before and before[pid][0] == name:
+            spent[name] = spent.get(name, 0.0) + seconds - before[pid][1]
+    return spent
 
 
 def one_call(lab: Lab, lossy: bool) -> Dict[str, Any]:
@@ -124,8 +134,7 @@ def one_call(lab: Lab, lossy: bool) -> Dict[str, Any]:
     mb_window = rate * window_s / 1e6
     if mb_window <= 0:
         raise RuntimeError(f"no media in call {call}: {stats}")
-    spent = {host: {k: after[host].get(k, 0.0) - before[host].get(k, 0.0) for k in after[host]}
-             for host in after}
+    spent = {host: spent_by_name(before[host], after[host]) for host in after}
     result: Dict[str, Any] = {"call": call, "window_s": round(window_s, 1), "mb_per_pi": round(mb_window, 2)}
     for host, parts in spent.items():
         programs = sum(v for k, v in parts.items() if k not in ("ssh", "sshd"))
