@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import pytest
@@ -54,22 +54,17 @@ def settled(records: List[List[Any]]) -> Dict[str, Any]:
             "sizes": sorted({(r[3], r[4]) for r in window})}
 
 
-@needs_namespaces
-def test_a_link_at_a_third_of_the_stream_gets_smaller_frames_not_fewer(tmp_path: Path) -> None:
-    limit = int(stream_kbit() / 3)
-    tag = f"p2padapt-{os.getpid()}"
-    links = {"adapt": bench.Link(f"{tag}-1a", f"{tag}-1b"), "no-adapt": bench.Link(f"{tag}-2a", f"{tag}-2b")}
+def side_by_side(tmp_path: Path, links: Dict[str, Any], start: Callable[[str, Any], Any],
+                 run_s: float) -> Dict[str, Any]:
+    """Each link up and a camera -> viewer pair across it (start(name, link) sets the link's limit
+    and starts the pair), all at once; then each pair's result. Programs and links always go."""
     pairs: Dict[str, Any] = {}
     try:
         for name, link in links.items():
             link.up()
-            link.limit(limit)
-            pairs[name] = bench.start_pair(tmp_path, link, name, ["--no-adapt"] if name == "no-adapt" else ["--adapt"],
-                                           RUN_S)
-        results = {}
-        for name, (viewer, camera, stats) in pairs.items():
-            results[name] = bench.finish_pair(viewer, camera, stats, name, tmp_path, stop=False,
-                                              timeout_s=RUN_S + 20)
+            pairs[name] = start(name, link)
+        return {name: bench.finish_pair(viewer, camera, stats, name, tmp_path, stop=False, timeout_s=run_s + 20)
+                for name, (viewer, camera, stats) in pairs.items()}
     finally:
         for viewer, camera, _ in pairs.values():
             for proc in (camera, viewer):
@@ -78,6 +73,19 @@ def test_a_link_at_a_third_of_the_stream_gets_smaller_frames_not_fewer(tmp_path:
                     proc.proc.wait()
         for link in links.values():
             link.down()
+
+
+@needs_namespaces
+def test_a_link_at_a_third_of_the_stream_gets_smaller_frames_not_fewer(tmp_path: Path) -> None:
+    limit = int(stream_kbit() / 3)
+    tag = f"p2padapt-{os.getpid()}"
+    links = {"adapt": bench.Link(f"{tag}-1a", f"{tag}-1b"), "no-adapt": bench.Link(f"{tag}-2a", f"{tag}-2b")}
+
+    def start(name: str, link: Any) -> Any:
+        link.limit(limit)
+        return bench.start_pair(tmp_path, link, name, ["--no-adapt"] if name == "no-adapt" else ["--adapt"], RUN_S)
+
+    results = side_by_side(tmp_path, links, start, RUN_S)
 
     interval_ms = 1000 / FPS
     records, cam, view, log = results["adapt"]
@@ -114,25 +122,13 @@ def test_a_long_lossy_link_with_room_to_spare_keeps_the_full_picture(tmp_path: P
     tag = f"p2padapt-{os.getpid()}"
     links = {"lossy": bench.LossyLink(f"{tag}-3a", f"{tag}-3b"),
              "lossy-limited": bench.LossyLink(f"{tag}-4a", f"{tag}-4b")}
-    pairs: Dict[str, Any] = {}
-    try:
-        for name, link in links.items():
-            link.up()
-            if name == "lossy-limited":
-                link.limit(limit)
-            pairs[name] = bench.start_pair(tmp_path, link, name, ["--adapt"], LOSSY_RUN_S, size=LOSSY_SIZE)
-        results = {}
-        for name, (viewer, camera, stats) in pairs.items():
-            results[name] = bench.finish_pair(viewer, camera, stats, name, tmp_path, stop=False,
-                                              timeout_s=LOSSY_RUN_S + 20)
-    finally:
-        for viewer, camera, _ in pairs.values():
-            for proc in (camera, viewer):
-                if proc.proc.poll() is None:
-                    proc.proc.kill()
-                    proc.proc.wait()
-        for link in links.values():
-            link.down()
+
+    def start(name: str, link: Any) -> Any:
+        if name == "lossy-limited":
+            link.limit(limit)
+        return bench.start_pair(tmp_path, link, name, ["--adapt"], LOSSY_RUN_S, size=LOSSY_SIZE)
+
+    results = side_by_side(tmp_path, links, start, LOSSY_RUN_S)
 
     records, cam, view, log = results["lossy"]
     shown = bench.analyse_lossy(records, LOSSY_SIZE)   # sizes from the painted frames' JPEG headers
