@@ -19,7 +19,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -28,7 +27,7 @@ import pytest
 from PIL import Image
 
 from pi2pi import panel
-from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, provision,
+from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, live, provision,
                                   screen_label, shows)
 from tests.calls.sides import wait_for
 from tests.lab.lab import Lab, LabProcess
@@ -292,7 +291,10 @@ def test_a_call_placed_from_gwpi_says_so_on_both_pis_and_gwpis_hangup_ends_it(si
     seen = json.loads(from_gwpi(lab, "status", "--json").stdout)
     assert {pi["call"]["by"] for pi in seen["pis"].values()} == {"gwpi"}, seen
 
-    time.sleep(2)   # some audio both ways, so the hang-up has stats to fetch
+    # Some audio both ways (each listen has received packets), so the hang-up has stats to fetch.
+    for host in ("natpi", "gwpi"):
+        wait_for(lambda: int(live(lab, host, call, "listen").get("packets", 0)) > 0, 15,
+                 f"{host}'s listen to receive audio")
     ended = from_gwpi(lab, "hangup")
     assert ended.returncode == 0 and f"call {call} ended" in ended.stdout, shows(ended)
     for host in ("natpi", "gwpi"):
