@@ -377,14 +377,19 @@ def test_console_mode_leaves_the_picture_to_the_framebuffer(lab: Lab, screens: D
 
 def test_a_failed_call_names_its_cause_on_the_panel(lab: Lab, screens: Dict[str, Screen]) -> None:
     gwpi = screens["gwpi"]
+    gwpi.wait_tone("idle", 15)                 # gwpi's panel has seen the last test's call end
     lab.stop_unit("natpi", TUNNEL_UNIT)        # gwpi's panel reaches natpi only through the tunnel
     try:
         gwpi.touch("call")
         gwpi.wait_tone("failed", 30)
         gwpi.save("failed")
         # The panel's log has the status line's words: the tunnel named as the cause.
-        text = lab.unit_log("gwpi", "pi2pi-panel").read_text(errors="replace")
-        assert "the tunnel to natpi is down" in text, text[-2000:]
+        log = lab.unit_log("gwpi", "pi2pi-panel")
+        try:
+            wait_for(lambda: "the tunnel to natpi is down" in log.read_text(errors="replace"), 10,
+                     "the panel's log to name the tunnel", step_s=0.2)
+        except AssertionError:
+            raise AssertionError(log.read_text(errors="replace")[-2000:]) from None
         assert screens["natpi"].tone() == "idle"
     finally:
         lab.start_unit("natpi", TUNNEL_UNIT)
