@@ -50,6 +50,14 @@ class Common:
             raise ConfigError(f"debug {self.debug}: want 0, 1 or 2")
 
 
+DCTS = ("accurate", "fast")   # libjpeg's DCT methods camera and viewer offer (video.jpeg.DCT_FLAGS)
+
+
+def check_dct(dct: str) -> None:
+    if dct not in DCTS:
+        raise ConfigError(f"dct {dct!r}: want {' or '.join(DCTS)}")
+
+
 def field_defaults(cls: Type[Any]) -> Dict[str, Any]:
     """Each dataclass field's default: the one place a default is written."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}

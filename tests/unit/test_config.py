@@ -80,6 +80,7 @@ def test_help_shows_each_default_from_the_settings_dataclass(capsys):
     ("camera", "quality = 0", "[camera] quality 0: want 1..100"),
     ("talk", "rate = 44100", "[talk] rate 44100: Opus takes"),
     ("viewer", "at = 208", "[viewer] --at '208': want X,Y"),
+    ("viewer", "dct = float", "[viewer] dct 'float': want accurate or fast"),
     ("call", "side = moon", "[call] call.side 'moon'"),
 ])
 def test_config_check_applies_each_programs_own_validation(tmp_path, capsys, section, line, message):
@@ -94,3 +95,9 @@ def test_config_check_applies_each_programs_own_validation(tmp_path, capsys, sec
     assert message in capsys.readouterr().err
     path.write_text(f"[{section}]\n{endpoint}")   # control: the same file without the bad line passes
     assert cli.main(["config", "--check", "--config", str(path)]) == 0
+
+
+def test_the_dct_names_settings_accept_are_the_ones_the_codec_knows():
+    from pi2pi.video import jpeg
+
+    assert set(config.DCTS) == set(jpeg.DCT_FLAGS)

@@ -60,9 +60,11 @@ class Settings(config.Common):
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
     adapt: bool = False           # follow the link: lower quality, then size, then frame rate (video/adapt.py)
+    dct: str = "fast"             # libjpeg's forward DCT: fast or accurate (docs/video.md, "Which DCT")
 
     def validate(self) -> None:
         super().validate()
+        config.check_dct(self.dct)
         if not 1 <= self.quality <= 100:
             raise config.ConfigError(f"quality {self.quality}: want 1..100")
         if self.fps < 0 or self.fps > 240:
@@ -96,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default=S, metavar="FOURCC",
                         help="V4L2 pixel format: MJPG, JPEG, YUYV, YU12 or NV12 (none: the camera's MJPEG if it has it)")
     parser.add_argument("--buffers", type=int, default=S, help="V4L2 capture buffers")
+    parser.add_argument("--dct", default=S, choices=config.DCTS, help="libjpeg's forward DCT (encoding from YUV)")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
     parser.add_argument("--inflight", type=float, default=S, metavar="FRAMES",
                         help="most frames the peer may leave unacknowledged on a fast link "
@@ -215,7 +218,7 @@ class Sender:
         self._measured = adapt.Measurements(0.0, None)    # since the adapter's last step
         from pi2pi.video.jpeg import Codec  # heavy: loaded when the camera runs
 
-        self.codec = Codec.open()
+        self.codec = Codec.open(settings.dct)
 
     def loop(self) -> None:
         while not self.run.stop.is_set():

@@ -36,6 +36,9 @@ EOI = b"\xff\xd9"
 SOS = b"\xff\xda"    # start of scan
 MAX_DIMENSION = 4096  # a frame's header may not make us allocate more than this squared
 MAX_SCANS = 20        # more scans than any standard progression: refused before decoding
+# libjpeg's DCT, both ways: "accurate" (islow, TurboJPEG's default) or "fast" (ifast,
+# GStreamer's jpegenc/jpegdec default). docs/video.md ("Which DCT") has the cost and the error.
+DCT_FLAGS = {"accurate": turbojpeg.TJFLAG_ACCURATEDCT, "fast": turbojpeg.TJFLAG_FASTDCT}
 
 
 class JpegError(Exception):
@@ -77,16 +80,18 @@ class Codec:
     """One TurboJPEG handle set per thread (PyTurboJPEG makes a tj handle per call)."""
 
     tj: turbojpeg.TurboJPEG
+    flags: int = 0   # DCT_FLAGS[dct]
 
     @classmethod
-    def open(cls) -> "Codec":
+    def open(cls, dct: str = "accurate") -> "Codec":
         try:
-            return cls(turbojpeg.TurboJPEG())
+            return cls(turbojpeg.TurboJPEG(), DCT_FLAGS[dct])
         except (OSError, RuntimeError) as err:
             raise JpegError(f"cannot load libturbojpeg: {err}") from None
 
     def encode_yuv(self, yuv: np.ndarray, width: int, height: int, quality: int, subsample: int) -> bytes:
-        return self.tj.encode_from_yuv(yuv, height, width, quality=quality, jpeg_subsample=subsample)
+        return self.tj.encode_from_yuv(yuv, height, width, quality=quality, jpeg_subsample=subsample,
+                                       flags=self.flags)
 
     def header(self, data: bytes) -> Tuple[int, int]:
         with warnings.catch_warnings(record=True) as caught:
@@ -115,7 +120,8 @@ class Codec:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                picture = self.tj.decode(data, pixel_format=pixel_format, scaling_factor=scale, dst=dst)
+                picture = self.tj.decode(data, pixel_format=pixel_format, scaling_factor=scale, flags=self.flags,
+                                         dst=dst)
             except (OSError, ValueError) as err:
                 raise JpegError(f"JPEG decode failed: {err}") from None
         return picture, [str(w.message) for w in caught]

@@ -58,9 +58,11 @@ class Settings(config.Common):
     frame_deadline_s: float = 10.0      # a frame not whole this long after its first byte drops the peer
     peer_timeout_s: float = 10.0        # a connected peer that sends no frame for this long is dropped
     once: bool = False                  # end when the first peer goes away (instead of waiting for the next)
+    dct: str = "accurate"               # libjpeg's inverse DCT: accurate or fast (docs/video.md, "Which DCT")
 
     def validate(self) -> None:
         super().validate()
+        config.check_dct(self.dct)
         if not 1024 <= self.max_frame <= 64 << 20:
             raise config.ConfigError(f"max_frame {self.max_frame}: want 1024..{64 << 20}")
         if self.stall_s <= 0 or self.frame_deadline_s <= 0 or self.peer_timeout_s <= 0 or self.snapshot_every < 0:
@@ -88,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-timeout-s", dest="peer_timeout_s", type=float, default=S, metavar="S",
                         help="drop a peer that sends no frame for this long")
     parser.add_argument("--once", action="store_true", default=S, help="end when the peer goes away")
+    parser.add_argument("--dct", default=S, choices=config.DCTS, help="libjpeg's inverse DCT")
 
 
 def parse_at(text: str) -> Tuple[int, int]:
@@ -233,11 +236,11 @@ def quick_ack(sock: socket.socket) -> None:
 class Painter:
     """Decode the newest frame, scaled to fit, and paint it."""
 
-    def __init__(self, fb: Any, at: Tuple[int, int], counters: Counters) -> None:
+    def __init__(self, fb: Any, at: Tuple[int, int], counters: Counters, dct: str = "accurate") -> None:
         from pi2pi.video.jpeg import Codec
 
         self.fb, self.at, self.counters = fb, at, counters
-        self.codec = Codec.open()
+        self.codec = Codec.open(dct)
         self.room = (fb.geometry.width - at[0], fb.geometry.height - at[1])
         # Per frame size: its scale and a decode buffer. A stream changes size rarely;
         # a peer claiming a new size per frame must not grow these: the newest
@@ -407,7 +410,7 @@ def run(settings: Settings) -> int:
             if link.address:
                 log.info("listening on %s:%d", *link.address)
             try:
-                painter = Painter(fb, at, counters)
+                painter = Painter(fb, at, counters, settings.dct)
             except JpegError as err:
                 log.error("%s", err)
                 run_.end(f"error: {err}")
