@@ -127,3 +127,28 @@ def test_bgr565_framebuffer_gets_red_in_the_low_bits(tmp_path) -> None:
     fb.close()
     with pytest.raises(framebuffer.FramebufferError, match="neither RGB565 nor BGR565"):
         framebuffer.pixel_format(framebuffer.Geometry(4, 2, 16, 8, 10, 5, 0))
+
+
+@pytest.mark.parametrize("bpp", [32, 24])
+def test_a_picture_spanning_whole_lines_is_decoded_onto_the_screen_as_one_painted_after(tmp_path, bpp) -> None:
+    """The viewer decodes straight into the framebuffer where the picture spans whole lines;
+    the screen then holds what decoding elsewhere and painting would have left."""
+    from pi2pi import wire
+    from pi2pi.video import viewer
+
+    picture = testpattern.TestPattern(64, 48, "direct").render(7)
+    data = jpeg.Codec.open().encode_yuv(picture, 64, 48, 75, jpeg.SAMP_420)
+    screens = []
+    for name, geometry, at in (("direct", f"64x60x{bpp}", (0, 8)), ("painted", f"80x60x{bpp}", (16, 8))):
+        fb = framebuffer.Framebuffer.open(str(tmp_path / name), geometry)
+        fb.screen[...] = 0x55   # old content that must go where the picture lands
+        assert (fb.decode_target(*at, 48, 64) is None) == (name == "painted")
+        painter = viewer.Painter(fb, at, viewer.Counters())
+        header = wire.VideoHeader(1, len(data), wire.now_us())
+        assert painter.paint(viewer.Received(header, data))
+        rgb = fb.rgb()
+        assert (rgb[:8] == 0x55).all() and (rgb[56:] == 0x55).all()   # outside the picture: untouched
+        screens.append(rgb[8:56, at[0]:at[0] + 64])
+        fb.close()
+    assert screens[0].std() > 20   # a picture, not a blank
+    assert np.array_equal(screens[0], screens[1])

@@ -213,6 +213,17 @@ class Framebuffer:
             os.close(fd)
             raise FramebufferError(f"{path}: cannot map it: {err}") from None
 
+    def decode_target(self, x: int, y: int, rows: int, columns: int) -> Optional[np.ndarray]:
+        """The screen's own memory for a picture of rows x columns at (x, y), where a decoder
+        can write it directly: the picture lies wholly on the screen in the screen's own pixel
+        format (24 or 32 bpp) and its rows are contiguous there (it spans whole lines). None
+        otherwise: decode elsewhere, then paint() (TurboJPEG writes rows back to back)."""
+        g = self.geometry
+        if g.bpp == 16 or x != 0 or columns != g.width or y + rows > g.height:
+            return None
+        region = self.screen[y:y + rows]
+        return region if region.flags.c_contiguous else None
+
     def paint(self, picture: np.ndarray, x: int, y: int) -> None:
         """Copy a decoded picture (in `pixel_format`) to (x, y), clipped to the screen."""
         g = self.geometry

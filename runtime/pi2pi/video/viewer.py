@@ -274,11 +274,16 @@ class Painter:
             width, height = self.codec.header(item.payload)
             scale = self.scale_for(width, height)
             shape = (scaled(height, scale), scaled(width, scale))
-            dst = self.buffers.get(shape)
+            # Straight onto the screen where it can take the decoder's rows as they are (the
+            # copy is then saved: a fifth of a 640x480 decode); a decode that fails there
+            # leaves a part-new picture until the next frame. Otherwise into a buffer, then paint.
+            dst = direct = self.fb.decode_target(*self.at, *shape)
             if dst is None:
-                channels = 3 if self.fb.geometry.bpp == 24 else 4
-                dst = self.buffers[shape] = np.empty(shape + (channels,), dtype=np.uint8)
-            keep_newest(self.buffers, shape)
+                dst = self.buffers.get(shape)
+                if dst is None:
+                    channels = 3 if self.fb.geometry.bpp == 24 else 4
+                    dst = self.buffers[shape] = np.empty(shape + (channels,), dtype=np.uint8)
+                keep_newest(self.buffers, shape)
             picture, warnings = self.codec.decode(item.payload, self.fb.pixel_format, scale, dst=dst)
         except JpegError as err:
             counters.corrupt += 1
@@ -289,7 +294,8 @@ class Painter:
             log.debug("frame %d: %s", item.header.seq, "; ".join(warnings))
         decoded = time.perf_counter()
         self.uncover(picture.shape[0], picture.shape[1])
-        self.fb.paint(picture, *self.at)
+        if picture is not direct:
+            self.fb.paint(picture, *self.at)
         painted = time.perf_counter()
         if (width, height) != self.frame_size_px:
             if self.frame_size_px is not None:
