@@ -4,7 +4,9 @@ Two threads: the capture thread takes the newest frame from the source and
 leaves it in a one-frame slot; the sender thread takes whatever is newest
 there, encodes it (or passes a device's JPEG through) and writes it to the
 peer. A frame replaced in the slot before it was taken is dropped and counted:
-nothing queues, and only frames that will be sent are encoded. Before each
+nothing queues, and only frames that will be sent are encoded. A source that
+makes frames on demand (test pattern or clip at --fps 0) has no capture
+thread: the sender takes each frame from it when it is ready (OnDemand). Before each
 frame the sender waits until what the peer has not acknowledged, less what is
 merely on the wire (the link's rate times the path's shortest round trip),
 fits between half a frame and --inflight frames, so a slow link drops frames
@@ -139,18 +141,34 @@ def parse_size(text: str) -> Tuple[int, int]:
     return w, h
 
 
-def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, paced: bool,
-                 run: ProgramRun) -> None:
-    """Newest frame into the slot; an unpaced source (fps 0) makes one only when the last was taken."""
+def capture_loop(source: Any, slot: Any, sender: "Sender", counters: Counters, run: ProgramRun) -> None:
+    """Newest frame into the slot, as the source paces them."""
     while not run.stop.is_set():
-        if not paced and not slot.wait_empty(0.2):
-            continue
         frame = source.read(run.stop)
         if frame is None:
             continue
         counters.captured += 1
         if slot.put(frame) and sender.connected:
             counters.dropped += 1
+
+
+class OnDemand:
+    """The sender's slot for a source that makes a frame whenever asked (a test pattern or a
+    clip at --fps 0): the sender takes each frame straight from the source when it is ready
+    to send one, with no capture thread handing frames over (two thread switches a frame).
+    Nothing is dropped: a frame is made only when it will be sent."""
+
+    def __init__(self, source: Any, stop: Any, counters: Counters) -> None:
+        self.source, self.stop, self.counters = source, stop, counters
+
+    def take(self, timeout_s: float) -> Any:
+        frame = self.source.read(self.stop)
+        if frame is not None:
+            self.counters.captured += 1
+        return frame
+
+    def clear(self) -> bool:
+        return False
 
 
 class DrainRate:
@@ -489,7 +507,8 @@ def run(settings: Settings) -> int:
         state["link"] = link
         if link.address:
             log.info("listening on %s:%d", *link.address)
-        slot: LatestSlot[Any] = LatestSlot()
+        paced = settings.fps > 0 or settings.source.startswith("/dev/")
+        slot: Any = LatestSlot() if paced else OnDemand(source, run_.stop, counters)
         try:
             sender = Sender(link, slot, counters, run_, settings, passthrough=getattr(source, "passthrough", False))
         except JpegError as err:
@@ -501,8 +520,10 @@ def run(settings: Settings) -> int:
         state["sender"] = sender
         thread = run_.worker(sender.loop, "sender")
         try:
-            capture_loop(source, slot, sender, counters, settings.fps > 0 or settings.source.startswith("/dev/"),
-                         run_)
+            if paced:
+                capture_loop(source, slot, sender, counters, run_)
+            else:
+                run_.stop.wait()
         except sources.SourceError as err:
             log.error("%s", err)
             run_.end(f"error: {err}")

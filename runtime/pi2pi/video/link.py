@@ -37,16 +37,7 @@ class LatestSlot(Generic[T]):
             if self._item is None and timeout_s > 0:
                 self._ready.wait(timeout_s)
             item, self._item = self._item, None
-            if item is not None:
-                self._ready.notify_all()  # a producer may wait for the slot to empty
         return item
-
-    def wait_empty(self, timeout_s: float) -> bool:
-        """Wait until the item was taken (a producer that makes items only on demand)."""
-        with self._ready:
-            if self._item is not None:
-                self._ready.wait(timeout_s)
-            return self._item is None
 
     def clear(self) -> bool:
         with self._ready:
