@@ -1,17 +1,24 @@
 """Video benchmark (`make bench-video`): camera -> viewer against raw TurboJPEG and GStreamer.
 
 Same frames for every contender: a fixed clip of camera-like content (see
-`make_clip`), 640x480, JPEG quality 75, 4:2:0. One run, side by side; every
-figure is a ratio against something measured in the same run. Prints a table,
-then one JSON object as the last line. Needs root for the rate-limited part
-(network namespaces pi2pi-bench-a/b, deleted afterwards).
+`make_clip`), 640x480, JPEG quality 75, 4:2:0. The sending side (camera, raw
+encode, GStreamer's sender) is pinned to one core, the receiving side to the
+other. Each round runs every contender once, back to back: the raw pipelined
+limit, pi2pi, GStreamer with each pair of DCTs, latency at 30 fps, single steps
+on one core; each figure is a ratio within its round, and the figures printed
+are the medians over the rounds (default 5) with their ranges. Prints a table,
+then one JSON object as the last line (each figure's median, and
+`<figure>_range`). Needs root for the rate-limited part (network namespaces
+pi2pi-bench-a/b, deleted afterwards). Method: docs/video.md ("Benchmark").
 """
 from __future__ import annotations
 
+import argparse
 import json
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,13 +29,24 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import turbojpeg
 
-from pi2pi.video import framebuffer
+from pi2pi import config
+from pi2pi.video import camera, framebuffer, viewer
+from pi2pi.video.jpeg import DCT_FLAGS
 
 WIDTH, HEIGHT, QUALITY, FPS = 640, 480, 75, 30
 CLIP_FRAMES, CLIP_SEED = 60, 20261125
 NS_A, NS_B = "pi2pi-bench-a", "pi2pi-bench-b"
 ADDR_A, ADDR_B = "198.51.100.1", "198.51.100.2"   # documentation range, only inside our namespaces
 PORT = 5010
+ROUNDS = 5
+RAW_S, PAIR_S, LATENCY_S = 2.5, 3.0, 4.0   # seconds of each contender in a round
+# pi2pi's DCTs as shipped (camera encoding, viewer decoding), read from the programs' settings.
+DEFAULT_DCT = (config.field_defaults(camera.Settings)["dct"], config.field_defaults(viewer.Settings)["dct"])
+DCT_PAIRS = {"default": DEFAULT_DCT, "accurate": ("accurate", "accurate"), "fast": ("fast", "fast")}
+DCT_PAIRS = {k: v for k, v in DCT_PAIRS.items() if k == "default" or v != DEFAULT_DCT}
+REPORTED = ("throughput_ratio", "cpu_ratio_camera", "cpu_ratio_viewer", "gst_fps_per_cpu_ratio",
+            "gst_fps_per_cpu_ratio_accurate", "gst_fps_per_cpu_ratio_fast", "latency_p50_ms", "latency_p99_ms",
+            "raw_codec_cpu_ms", "rgb565_over_decode", "limit_fps", "fps", "camera_cpu_ms", "viewer_cpu_ms")
 
 
 def _blur(a: np.ndarray, k: int) -> np.ndarray:
@@ -81,74 +99,129 @@ def make_clip(frames: int = CLIP_FRAMES, w: int = WIDTH, h: int = HEIGHT, seed: 
     return out
 
 
-def on_one_core() -> Any:
-    """Pin this process to one core for the raw timings; returns the old set."""
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {max(old)})
-    return old
+def cores() -> Tuple[int, int]:
+    """The sending side's core and the receiving side's: two different ones where there are two."""
+    mine = sorted(os.sched_getaffinity(0))
+    return mine[0], mine[-1]
 
 
-def time_raw(clip: np.ndarray, work: Path) -> Dict[str, Any]:
-    """Raw TurboJPEG figures, each timed alone on one core: encode; decode + paint; RGB565.
-
-    Wall time per frame is the median over several passes (the machine may be
-    shared: a median ignores a neighbour's bursts); CPU time is this thread's.
-    """
+def raw_worker(job: str, work: Path, seconds: float, dct: str) -> Dict[str, float]:
+    """One raw stage in a loop for `seconds` after the parent says go (stdin): encode the
+    clip, or decode its JPEGs onto a screen (an mmapped file). CPU and wall time per frame."""
     tj = turbojpeg.TurboJPEG()
-    old = on_one_core()
-    passes = 5
+    flags = DCT_FLAGS[dct]
+    clip = np.fromfile(work / "clip.yuv", np.uint8).reshape(CLIP_FRAMES, -1)
+    jpegs = [tj.encode_from_yuv(f, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420) for f in clip]
+    fb_path = work / f"raw-fb-{os.getpid()}"
+    fb_path.write_bytes(bytes(WIDTH * HEIGHT * 4))
+    with open(fb_path, "r+b") as f:
+        mem = mmap.mmap(f.fileno(), WIDTH * HEIGHT * 4)
+        screen = np.ndarray((HEIGHT, WIDTH, 4), np.uint8, buffer=mem)
 
-    def timed(step: Any, items: List[Any]) -> Tuple[float, float]:
-        walls: List[float] = []
-        cpu_started = time.thread_time()
-        for _ in range(passes):
+        def encode(i: int) -> None:
+            tj.encode_from_yuv(clip[i], HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420, flags=flags)
+
+        def decode_paint(i: int) -> None:   # straight onto the screen, as the viewer does where it can
+            tj.decode(jpegs[i], pixel_format=turbojpeg.TJPF_BGRX, flags=flags, dst=screen)
+
+        step = encode if job == "encode" else decode_paint
+        print("ready", flush=True)
+        sys.stdin.readline()
+        frames, cpu0, t0 = 0, time.thread_time(), time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step(frames % CLIP_FRAMES)
+            frames += 1
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    return {"frames": frames, "ms": wall * 1000 / frames, "cpu_ms": cpu * 1000 / frames}
+
+
+def run_raw_pipeline(work: Path, seconds: float, camera_dct: str, viewer_dct: str) -> Dict[str, Any]:
+    """Raw encode on the sending core and raw decode + paint on the receiving one, at the same
+    time: what two cores can do for this clip with nothing else (the pipelined limit)."""
+    send_core, recv_core = cores()
+    workers = {}
+    for job, core, dct in (("encode", send_core, camera_dct), ("decode-paint", recv_core, viewer_dct)):
+        workers[job] = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.video", "--raw-worker", job, "--work", str(work),
+             "--seconds", str(seconds), "--dct", dct],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=lambda c=core: pin(c))
+    for proc in workers.values():
+        if proc.stdout.readline().strip() != "ready":   # type: ignore[union-attr]
+            raise RuntimeError("a raw worker did not start")
+    for proc in workers.values():
+        proc.stdin.write("go\n")   # type: ignore[union-attr]
+        proc.stdin.flush()         # type: ignore[union-attr]
+    result = {}
+    for job, proc in workers.items():
+        out, _ = proc.communicate(timeout=seconds + 60)
+        if proc.returncode:
+            raise RuntimeError(f"raw worker {job} failed")
+        result[job] = json.loads(out.strip().splitlines()[-1])
+    result["limit_fps"] = 1000 / max(result["encode"]["ms"], result["decode-paint"]["ms"])
+    return result
+
+
+def pin(core: int) -> None:
+    os.sched_setaffinity(0, {core})
+
+
+def time_single(clip: np.ndarray, jpegs: List[bytes]) -> Dict[str, float]:
+    """CPU per frame of single steps on one core, medians of 5 passes over the clip: each DCT's
+    encode and decode, and the RGB565 conversion (16-bpp screens) against the decode it follows."""
+    tj = turbojpeg.TurboJPEG()
+    old = os.sched_getaffinity(0)
+    pin(cores()[1])
+
+    def cpu_ms(step: Any, items: List[Any]) -> float:
+        passes = []
+        for _ in range(5):
+            started = time.thread_time()
             for item in items:
-                t0 = time.perf_counter()
                 step(item)
-                walls.append(time.perf_counter() - t0)
-        cpu = (time.thread_time() - cpu_started) / len(walls)
-        return float(np.median(walls)) * 1000, cpu * 1000
+            passes.append((time.thread_time() - started) * 1000 / len(items))
+        return float(np.median(passes))
 
+    dst = np.empty((HEIGHT, WIDTH, 4), np.uint8)
+    out, scratch = np.empty((HEIGHT, WIDTH), np.uint32), np.empty((HEIGHT, WIDTH), np.uint32)
+    figures: Dict[str, float] = {}
     try:
-        jpegs = [tj.encode_from_yuv(f, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420) for f in clip]
-        encode = timed(lambda f: tj.encode_from_yuv(f, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420), list(clip))
-
-        fb_path = work / "raw-fb"
-        fb_path.write_bytes(bytes(WIDTH * HEIGHT * 4))
-        with open(fb_path, "r+b") as f:
-            mem = mmap.mmap(f.fileno(), WIDTH * HEIGHT * 4)
-            screen = np.ndarray((HEIGHT, WIDTH, 4), np.uint8, buffer=mem)
-            dst = np.empty((HEIGHT, WIDTH, 4), np.uint8)
-            decode = timed(lambda data: tj.decode(data, pixel_format=turbojpeg.TJPF_BGRX, dst=dst), jpegs)
-
-            def decode_paint(data: bytes) -> None:
-                tj.decode(data, pixel_format=turbojpeg.TJPF_BGRX, dst=dst)
-                screen[...] = dst
-
-            decode_paint_t = timed(decode_paint, jpegs)
-        out = np.empty((HEIGHT, WIDTH), np.uint32)
-        scratch = np.empty_like(out)
-        rgb565 = timed(lambda _data: framebuffer.bgrx_to_rgb565(dst, out, scratch), jpegs)
+        for dct, flags in DCT_FLAGS.items():
+            figures[f"encode_{dct}_cpu_ms"] = cpu_ms(
+                lambda f: tj.encode_from_yuv(f, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420, flags=flags), list(clip))
+            figures[f"decode_{dct}_cpu_ms"] = cpu_ms(
+                lambda j: tj.decode(j, pixel_format=turbojpeg.TJPF_BGRX, flags=flags, dst=dst), jpegs)
+        figures["rgb565_cpu_ms"] = cpu_ms(lambda _j: framebuffer.bgrx_to_rgb565(dst, out, scratch), jpegs)
     finally:
         os.sched_setaffinity(0, old)
-    sizes = [len(j) for j in jpegs]
-    return {"encode_ms": encode[0], "encode_cpu_ms": encode[1],
-            "decode_ms": decode[0], "decode_cpu_ms": decode[1],
-            "decode_paint_ms": decode_paint_t[0], "decode_paint_cpu_ms": decode_paint_t[1],
-            "rgb565_ms": rgb565[0], "rgb565_cpu_ms": rgb565[1],
-            "jpeg_bytes": float(np.mean(sizes)), "jpeg_bytes_max": max(sizes)}
+    return figures
+
+
+def picture_error(clip: np.ndarray) -> Dict[str, float]:
+    """Luma PSNR (dB) of the clip through encode and decode, for each pair of DCTs."""
+    tj = turbojpeg.TurboJPEG()
+    result = {}
+    for enc, dec in (("fast", "accurate"), ("accurate", "accurate"), ("fast", "fast"), ("accurate", "fast")):
+        err = 0.0
+        for frame in clip:
+            jpeg = tj.encode_from_yuv(frame, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420, flags=DCT_FLAGS[enc])
+            luma = tj.decode(jpeg, pixel_format=turbojpeg.TJPF_GRAY, flags=DCT_FLAGS[dec])[..., 0]
+            diff = luma.astype(np.float64) - frame[:WIDTH * HEIGHT].reshape(HEIGHT, WIDTH)
+            err += float(np.mean(diff * diff))
+        result[f"{enc}/{dec}"] = round(10 * np.log10(255 ** 2 / (err / len(clip))), 2)
+    return result
 
 
 class Proc:
     """A child process whose own CPU time we read from wait4 when it ends."""
 
-    def __init__(self, args: List[str], cwd: Path, netns: Optional[str] = None) -> None:
+    def __init__(self, args: List[str], cwd: Path, netns: Optional[str] = None, core: Optional[int] = None) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
         env = dict(os.environ, PI2PI_CONFIG=str(cwd / "empty.conf"))
         (cwd / "empty.conf").write_text("")
         self.args = args
         self.proc = subprocess.Popen(prefix + args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=None if core is None else (lambda: pin(core)))
         self.cpu_s = 0.0
 
     def end(self, timeout_s: float = 30.0, sig: Optional[int] = None) -> int:
@@ -174,18 +247,25 @@ def pi2pi(*args: str) -> List[str]:
     return [sys.executable, "-m", "pi2pi", *args]
 
 
-def run_pair(work: Path, name: str, fps: float, seconds: float, netns: bool = False) -> Dict[str, Any]:
-    """Our viewer (listening) and camera (dialing) on the clip; both stats files and their CPU."""
+
+def run_pair(work: Path, name: str, fps: float, seconds: float, netns: bool = False,
+             camera_dct: str = "fast", viewer_dct: str = "accurate") -> Dict[str, Any]:
+    """Our viewer (listening, on the receiving core) and camera (dialing, on the sending core)
+    on the clip; both stats files."""
     stats = work / f"stats-{name}"
+    shutil.rmtree(stats, ignore_errors=True)
+    send_core, recv_core = cores()
     viewer_addr = ADDR_B if netns else "127.0.0.1"
     viewer = Proc(pi2pi("viewer", "--listen", f"{viewer_addr}:{PORT}", "--fb", str(work / f"fb-{name}"),
                         "--fb-geometry", f"{WIDTH}x{HEIGHT}x32", "--stats", str(stats), "--once",
-                        "--stall-s", "10"), work, NS_B if netns else None)
-    time.sleep(1.0)  # let it import and listen; the camera's dialer would retry anyway
+                        "--stall-s", "10", "--dct", viewer_dct), work, NS_B if netns else None, recv_core)
+    if not wait_for_listener(viewer_addr, PORT, NS_B if netns else None, 30):
+        viewer.end(5, signal.SIGTERM)
+        raise RuntimeError(f"{name}: the viewer never listened\n{viewer.stderr}")
     camera = Proc(pi2pi("camera", "--source", str(work / "clip.yuv"), "--size", f"{WIDTH}x{HEIGHT}",
                         "--fps", str(fps), "--quality", str(QUALITY), "--connect", f"{viewer_addr}:{PORT}",
-                        "--duration", str(seconds), "--stats", str(stats), "--stall-s", "10"),
-                  work, NS_A if netns else None)
+                        "--duration", str(seconds), "--stats", str(stats), "--stall-s", "10",
+                        "--dct", camera_dct), work, NS_A if netns else None, send_core)
     camera_code = camera.end(seconds + 30)
     viewer_code = viewer.end(30)
     if camera_code or viewer_code:
@@ -193,33 +273,57 @@ def run_pair(work: Path, name: str, fps: float, seconds: float, netns: bool = Fa
                            f"{camera.stderr}\n{viewer.stderr}")
     cam = json.loads((stats / "camera.json").read_text())
     view = json.loads((stats / "viewer.json").read_text())
-    return {"camera": cam, "viewer": view, "camera_cpu_s": camera.cpu_s, "viewer_cpu_s": viewer.cpu_s}
+    # CPU while streaming (each program's own count, startup excluded) per frame painted.
+    return {"camera": cam, "viewer": view, "cpu_ms_per_painted": (cam["cpu_s"] + view["cpu_s"]) * 1000 / view["frames"]}
 
 
-def run_gstreamer(work: Path, repeats: int) -> Dict[str, Any]:
-    """jpegenc ! multipartmux ! tcpclientsink  ->  tcpserversrc ! multipartdemux ! jpegdec ! BGRx.
+def wait_for_listener(addr: str, port: int, netns: Optional[str], timeout_s: float) -> bool:
+    """Poll the kernel's socket table (ss) until something listens on addr:port."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(prefix + ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if f"{addr}:{port}" in out:
+            return True
+        time.sleep(0.05)
+    return False
 
-    The receiver listens so the sender's first frame is not lost; TCP's back
-    pressure paces the encoder to the decoder (GStreamer drops nothing).
+
+GST_IDCT = {"accurate": "islow", "fast": "ifast"}
+
+
+def run_gstreamer(work: Path, camera_dct: str, viewer_dct: str) -> Dict[str, Any]:
+    """jpegenc ! multipartmux ! tcpclientsink  ->  tcpserversrc ! multipartdemux ! jpegdec ! BGRx,
+    sender on the sending core, receiver on the receiving one, each DCT as named.
+
+    Run twice, for 5 and 25 passes over the clip: the difference is the CPU per frame
+    with each process's start-up taken out (as pi2pi's own count leaves it out). The
+    receiver listens so the sender's first frame is not lost; TCP's back pressure paces
+    the encoder to the decoder (GStreamer drops nothing).
     """
+    send_core, recv_core = cores()
     port = PORT + 1
-    frames = repeats * CLIP_FRAMES
-    receiver = Proc(["gst-launch-1.0", "-q", "tcpserversrc", "host=127.0.0.1", f"port={port}", "!",
-                     "multipartdemux", "!", "jpegdec", "!", "videoconvert", "!", "video/x-raw,format=BGRx", "!",
-                     "fakesink", "sync=false"], work)
-    time.sleep(1.0)
-    started = time.monotonic()
-    sender = Proc(["gst-launch-1.0", "-q", "multifilesrc", f"location={work / 'clip.yuv'}", "loop=true",
-                   f"num-buffers={repeats}", "!", "rawvideoparse", f"width={WIDTH}", f"height={HEIGHT}",
-                   "format=i420", "framerate=0/1", "!", "jpegenc", f"quality={QUALITY}", "!", "multipartmux",
-                   "!", "tcpclientsink", "host=127.0.0.1", f"port={port}", "sync=false"], work)
-    sender.end(120)
-    receiver.end(120)
-    elapsed = time.monotonic() - started
-    if receiver.proc.returncode or sender.proc.returncode:
-        raise RuntimeError(f"gstreamer failed: {sender.stderr}\n{receiver.stderr}")
-    return {"frames": frames, "elapsed_s": elapsed, "cpu_s": sender.cpu_s + receiver.cpu_s,
-            "sender_cpu_s": sender.cpu_s, "receiver_cpu_s": receiver.cpu_s}
+    runs = {}
+    for passes in (5, 25):
+        receiver = Proc(["gst-launch-1.0", "-q", "tcpserversrc", "host=127.0.0.1", f"port={port}", "!",
+                         "multipartdemux", "!", "jpegdec", f"idct-method={GST_IDCT[viewer_dct]}", "!",
+                         "videoconvert", "!", "video/x-raw,format=BGRx", "!", "fakesink", "sync=false"],
+                        work, core=recv_core)
+        if not wait_for_listener("127.0.0.1", port, None, 30):
+            receiver.end(5, signal.SIGTERM)
+            raise RuntimeError(f"gstreamer's receiver never listened: {receiver.stderr}")
+        sender = Proc(["gst-launch-1.0", "-q", "multifilesrc", f"location={work / 'clip.yuv'}", "loop=true",
+                       f"num-buffers={passes}", "!", "rawvideoparse", f"width={WIDTH}", f"height={HEIGHT}",
+                       "format=i420", "framerate=0/1", "!", "jpegenc", f"quality={QUALITY}",
+                       f"idct-method={GST_IDCT[camera_dct]}", "!", "multipartmux",
+                       "!", "tcpclientsink", "host=127.0.0.1", f"port={port}", "sync=false"], work, core=send_core)
+        sender.end(120)
+        receiver.end(120)
+        if receiver.proc.returncode or sender.proc.returncode:
+            raise RuntimeError(f"gstreamer failed: {sender.stderr}\n{receiver.stderr}")
+        runs[passes] = sender.cpu_s + receiver.cpu_s
+    frames = 20 * CLIP_FRAMES
+    return {"frames": frames, "cpu_ms_per_frame": (runs[25] - runs[5]) * 1000 / frames}
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -252,105 +356,160 @@ def namespaces_up(rate_kbit: int) -> str:
     return f"tbf rate {rate_kbit}kbit (netem: {netem.stderr.strip() or 'unavailable'})"
 
 
-def main() -> int:
-    for tool in ("gst-launch-1.0", "ip", "tc"):
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench-video", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds (figures are their medians)")
+    parser.add_argument("--raw-worker", choices=("encode", "decode-paint"), help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=RAW_S, help=argparse.SUPPRESS)
+    parser.add_argument("--dct", choices=tuple(DCT_FLAGS), default="accurate", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.raw_worker:
+        print(json.dumps(raw_worker(args.raw_worker, args.work, args.seconds, args.dct)))
+        return 0
+    for tool in ("gst-launch-1.0", "ip", "tc", "ss"):
         if shutil.which(tool) is None:
             print(f"bench-video: {tool} is missing (make setup-test installs it)", file=sys.stderr)
             return 2
+    if args.rounds < 1:
+        print("bench-video: --rounds wants 1 or more", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="pi2pi-bench-video-"))
     try:
-        return measure(work)
+        return measure(work, args.rounds)
     finally:
         namespaces_down()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure(work: Path) -> int:
+def median_range(values: List[float]) -> Tuple[float, float, float]:
+    return float(np.median(values)), min(values), max(values)
+
+
+def measure_round(work: Path) -> Dict[str, float]:
+    """One round: every contender once, back to back, each figure a ratio within the round."""
+    raw = run_raw_pipeline(work, RAW_S, DEFAULT_DCT[0], DEFAULT_DCT[1])
+    fast = run_pair(work, "unthrottled", 0, PAIR_S)
+    view, cam = fast["viewer"], fast["camera"]
+    figures = {
+        "throughput_ratio": view["fps"] / raw["limit_fps"],
+        "cpu_ratio_camera": cam["cpu_ms_per_frame"] / raw["encode"]["cpu_ms"],
+        "cpu_ratio_viewer": view["cpu_ms_per_frame"] / raw["decode-paint"]["cpu_ms"],
+        "limit_fps": raw["limit_fps"], "fps": view["fps"],
+        "camera_cpu_ms": cam["cpu_ms_per_frame"], "raw_encode_cpu_ms": raw["encode"]["cpu_ms"],
+        "viewer_cpu_ms": view["cpu_ms_per_frame"], "raw_decode_paint_cpu_ms": raw["decode-paint"]["cpu_ms"],
+    }
+    # Frames per CPU second against GStreamer on equal terms: the same DCTs on both sides.
+    for label, (camera_dct, viewer_dct) in DCT_PAIRS.items():
+        ours = fast if (camera_dct, viewer_dct) == DEFAULT_DCT else run_pair(
+            work, f"unthrottled-{label}", 0, PAIR_S, camera_dct=camera_dct, viewer_dct=viewer_dct)
+        gst = run_gstreamer(work, camera_dct, viewer_dct)
+        suffix = "" if (camera_dct, viewer_dct) == DEFAULT_DCT else f"_{label}"
+        figures[f"gst_fps_per_cpu_ratio{suffix}"] = gst["cpu_ms_per_frame"] / ours["cpu_ms_per_painted"]
+        figures[f"fps_per_cpu{suffix}"] = 1000 / ours["cpu_ms_per_painted"]
+        figures[f"gst_fps_per_cpu{suffix}"] = 1000 / gst["cpu_ms_per_frame"]
+    paced = run_pair(work, "30fps", FPS, LATENCY_S)
+    figures["latency_p50_ms"] = paced["viewer"]["latency_ms"]["p50"]
+    figures["latency_p99_ms"] = paced["viewer"]["latency_ms"]["p99"]
+    return figures
+
+
+def measure(work: Path, rounds: int) -> int:
     load_before = os.getloadavg()[0]
     clip = make_clip()
     clip.tofile(work / "clip.yuv")
-    raw = time_raw(clip, work)
-    raw_decode_paint = raw["decode_paint_ms"]
-    limit_fps = 1000 / max(raw["encode_ms"], raw_decode_paint)
-    raw_codec_ms = raw["encode_ms"] + raw["decode_ms"]
+    tj = turbojpeg.TurboJPEG()
+    jpegs = [tj.encode_from_yuv(f, HEIGHT, WIDTH, QUALITY, turbojpeg.TJSAMP_420) for f in clip]
+    mean_bytes, max_bytes = float(np.mean([len(j) for j in jpegs])), max(len(j) for j in jpegs)
+    psnr = picture_error(clip)
 
-    fast = run_pair(work, "unthrottled", 0, 8)
-    view, cam = fast["viewer"], fast["camera"]
-    throughput_ratio = view["fps"] / limit_fps
-    cpu_ratio_camera = cam["cpu_ms_per_frame"] / raw["encode_cpu_ms"]
-    cpu_ratio_viewer = view["cpu_ms_per_frame"] / raw["decode_paint_cpu_ms"]
-    ours_fps_per_cpu = view["frames"] / (fast["camera_cpu_s"] + fast["viewer_cpu_s"])
+    per_round: List[Dict[str, float]] = []
+    for r in range(rounds):
+        figures = measure_round(work)
+        single = time_single(clip, jpegs)
+        figures.update(single)
+        figures["rgb565_over_decode"] = single["rgb565_cpu_ms"] / single[f"decode_{DEFAULT_DCT[1]}_cpu_ms"]
+        figures["raw_codec_cpu_ms"] = single[f"encode_{DEFAULT_DCT[0]}_cpu_ms"] + single[f"decode_{DEFAULT_DCT[1]}_cpu_ms"]
+        per_round.append(figures)
+        print(f"bench-video: round {r + 1} of {rounds}: throughput {figures['throughput_ratio']:.3f}, "
+              f"camera CPU {figures['cpu_ratio_camera']:.3f}, viewer CPU {figures['cpu_ratio_viewer']:.3f}",
+              file=sys.stderr)
+    stat = {key: median_range([f[key] for f in per_round]) for key in per_round[0]}
 
-    gst = run_gstreamer(work, repeats=25)
-    gst_fps_per_cpu = gst["frames"] / gst["cpu_s"]
-
-    paced = run_pair(work, "30fps", FPS, 8)
-    latency = paced["viewer"]["latency_ms"]
-
-    bitrate_kbit = raw["jpeg_bytes"] * 8 * FPS / 1000
+    bitrate_kbit = mean_bytes * 8 * FPS / 1000
     rate_kbit = int(bitrate_kbit * 0.5)
-    for attempt in (1, 2, 3):
-        try:
-            link = namespaces_up(rate_kbit)
-            limited = run_pair(work, "limited", FPS, 10, netns=True)
-            break
-        except (RuntimeError, subprocess.CalledProcessError) as err:
-            # The namespaced lab's teardown SIGKILLs whatever runs in any pi2pi-* namespace.
-            if attempt == 3 or not ("exit -9" in str(err) or "SIGKILL" in str(err)):
-                raise
-            print("bench-video: the rate-limited run was killed from outside (a lab teardown?); once more",
-                  file=sys.stderr)
-        finally:
-            namespaces_down()
-    frame_tx_ms = raw["jpeg_bytes_max"] * 8 / rate_kbit
-    limited_bound_ms = 3 * 1000 / FPS + frame_tx_ms
+    try:
+        link = namespaces_up(rate_kbit)
+        limited = run_pair(work, "limited", FPS, 10, netns=True)
+    finally:
+        namespaces_down()
+    limited_bound_ms = 3 * 1000 / FPS + max_bytes * 8 / rate_kbit
     lim_view, lim_cam = limited["viewer"], limited["camera"]
 
-    figures = {
-        "throughput_ratio": round(throughput_ratio, 3),
-        "cpu_ratio_camera": round(cpu_ratio_camera, 3),
-        "cpu_ratio_viewer": round(cpu_ratio_viewer, 3),
-        "gst_fps_per_cpu_ratio": round(ours_fps_per_cpu / gst_fps_per_cpu, 3),
-        "latency_p50_ms": latency["p50"],
-        "latency_p99_ms": latency["p99"],
-        "raw_codec_ms": round(raw_codec_ms, 3),
+    figures_out: Dict[str, Any] = {}
+    for key in REPORTED:
+        med, low, high = stat[key]
+        figures_out[key] = round(med, 3)
+        figures_out[f"{key}_range"] = [round(low, 3), round(high, 3)]
+    figures_out.update({
         "limited_latency_p99_ms": lim_view["latency_ms"]["p99"],
         "limited_latency_bound_ms": round(limited_bound_ms, 1),
-        "rgb565_over_decode": round(raw["rgb565_cpu_ms"] / raw["decode_cpu_ms"], 3),
-    }
+        "psnr_db": psnr, "rounds": rounds,
+    })
+
+    def row(label: str, key: str, unit: str = "", bar: str = "") -> Tuple[str, str, str]:
+        med, low, high = stat[key]
+        spread = (high - low) / med * 100 if med else 0.0
+        return (label, f"{med:.3f}{unit}  [{low:.3f} .. {high:.3f}, spread {spread:.1f} %]", bar)
+
     rows: List[Tuple[str, str, str]] = [
-        ("machine", f"{os.cpu_count()} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after",
+        ("machine", f"{os.cpu_count()} cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+                    f"sending side on core {cores()[0]}, receiving side on core {cores()[1]}",
          "others' work on a shared machine skews wall-clock figures"),
-        ("clip", f"{WIDTH}x{HEIGHT} q{QUALITY} 4:2:0, {CLIP_FRAMES} frames, mean {raw['jpeg_bytes'] / 1000:.1f} kB", ""),
-        ("raw encode (1 core)", f"{raw['encode_ms']:.3f} ms wall, {raw['encode_cpu_ms']:.3f} ms CPU", ""),
-        ("raw decode (1 core)", f"{raw['decode_ms']:.3f} ms wall, {raw['decode_cpu_ms']:.3f} ms CPU", ""),
-        ("raw decode + paint (1 core)", f"{raw['decode_paint_ms']:.3f} ms wall, "
-                                        f"{raw['decode_paint_cpu_ms']:.3f} ms CPU", "paint: copy into an mmapped file"),
-        ("limit", f"{limit_fps:.1f} fps", "1 / max(encode, decode + paint)"),
-        ("pipeline unthrottled", f"{view['fps']:.1f} fps painted ({view['frames']} frames, "
-                                 f"camera dropped {cam['dropped']})", f"ratio {throughput_ratio:.3f} (bar >= 0.8)"),
-        ("camera CPU per encoded frame", f"{cam['cpu_ms_per_frame']:.3f} ms",
-         f"ratio {cpu_ratio_camera:.3f} to raw encode CPU (bar <= 1.1)"),
-        ("viewer CPU per painted frame", f"{view['cpu_ms_per_frame']:.3f} ms",
-         f"ratio {cpu_ratio_viewer:.3f} to raw decode + paint CPU (bar <= 1.1)"),
-        ("pi2pi frames per CPU second", f"{ours_fps_per_cpu:.1f}", "whole processes, camera + viewer"),
-        ("GStreamer frames per CPU second", f"{gst_fps_per_cpu:.1f}",
-         f"{gst['frames']} frames, jpegenc/jpegdec to BGRx; ratio {figures['gst_fps_per_cpu_ratio']:.3f} (bar > 1)"),
-        ("latency at 30 fps, loopback", f"p50 {latency['p50']} / p95 {latency['p95']} / p99 {latency['p99']} ms",
-         f"raw encode + decode {raw_codec_ms:.3f} ms (bars: p50 +1 ms, p99 +5 ms)"),
-        ("rate-limited link", f"{link}, stream {bitrate_kbit:.0f} kbit/s", ""),
+        ("clip", f"{WIDTH}x{HEIGHT} q{QUALITY} 4:2:0, {CLIP_FRAMES} frames, mean {mean_bytes / 1000:.1f} kB", ""),
+        ("rounds", f"{rounds}, each: raw pipeline, pi2pi, GStreamer x3 DCT pairs, latency, single steps",
+         "median [min .. max, spread = (max - min) / median]"),
+        ("pipelined limit", "", "raw encode and raw decode + paint at once, one core each"),
+        row("  fps", "limit_fps"),
+        row("  raw encode CPU", "raw_encode_cpu_ms", " ms"),
+        row("  raw decode + paint CPU", "raw_decode_paint_cpu_ms", " ms"),
+        ("pi2pi unthrottled", "", f"camera --fps 0 -> viewer over loopback, {PAIR_S:.0f} s"),
+        row("  fps painted", "fps"),
+        row("  throughput ratio", "throughput_ratio", "", "bar >= 0.9"),
+        row("  camera CPU per frame", "camera_cpu_ms", " ms"),
+        row("  camera / raw encode", "cpu_ratio_camera", "", "bar <= 1.05"),
+        row("  viewer CPU per frame", "viewer_cpu_ms", " ms"),
+        row("  viewer / raw decode + paint", "cpu_ratio_viewer", "", "bar <= 1.1"),
+        ("frames per CPU second", "", "camera + viewer while streaming; GStreamer start-up taken out"),
+    ]
+    for label, (camera_dct, viewer_dct) in DCT_PAIRS.items():
+        suffix = "" if (camera_dct, viewer_dct) == DEFAULT_DCT else f"_{label}"
+        name = f"{camera_dct} DCT encoding, {viewer_dct} decoding" + (" (pi2pi's default)" if not suffix else "")
+        rows += [(f"  {name}", "", f"luma PSNR {psnr[f'{camera_dct}/{viewer_dct}']} dB"),
+                 row("    pi2pi", f"fps_per_cpu{suffix}"), row("    GStreamer", f"gst_fps_per_cpu{suffix}"),
+                 row("    ratio", f"gst_fps_per_cpu_ratio{suffix}", "", "bar >= 1.1")]
+    rows += [
+        ("single steps, one core", "", "CPU per frame, median of 5 passes over the clip"),
+        row("  encode, accurate DCT", "encode_accurate_cpu_ms", " ms"),
+        row("  encode, fast DCT", "encode_fast_cpu_ms", " ms"),
+        row("  decode, accurate DCT", "decode_accurate_cpu_ms", " ms"),
+        row("  decode, fast DCT", "decode_fast_cpu_ms", " ms"),
+        row("  RGB565 conversion", "rgb565_cpu_ms", " ms"),
+        row("  RGB565 / decode", "rgb565_over_decode", "", "bar <= 0.25"),
+        ("latency at 30 fps, loopback", "", f"raw encode + decode {stat['raw_codec_cpu_ms'][0]:.3f} ms "
+                                             "(bars: p50 +1 ms, p99 +5 ms)"),
+        row("  p50", "latency_p50_ms", " ms"), row("  p99", "latency_p99_ms", " ms"),
+        ("rate-limited link (once)", f"{link}, stream {bitrate_kbit:.0f} kbit/s", ""),
         ("  latency", f"p50 {lim_view['latency_ms']['p50']} / p99 {lim_view['latency_ms']['p99']} ms",
          f"bound {limited_bound_ms:.1f} ms = 3 frame intervals + one max frame's transmission"),
         ("  frames", f"painted {lim_view['frames']}, camera dropped {lim_cam['dropped']} of {lim_cam['captured']}",
          f"{lim_view['fps']:.1f} fps painted"),
-        ("RGB565 conversion", f"{raw['rgb565_ms']:.3f} ms wall, {raw['rgb565_cpu_ms']:.3f} ms CPU",
-         f"{figures['rgb565_over_decode']:.3f} of the decode's CPU (bar <= 0.333)"),
     ]
     width = max(len(r[0]) for r in rows)
     print("pi2pi video benchmark")
     for label, value, note in rows:
         print(f"  {label:<{width}}  {value}" + (f"   [{note}]" if note else ""))
-    print(json.dumps(figures))
+    print(json.dumps(figures_out))
     return 0
 
 
