@@ -7,7 +7,7 @@ LAB   := $(PY) -m tests.lab
 SOAK_MINUTES ?= 30
 FUZZ_RUNS ?= 100000
 
-.PHONY: help setup setup-test test test-host test-hw test-arm test-arm-setup demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel bench-transport fuzz memcheck soak lock
+.PHONY: help setup setup-test test test-host test-hw test-arm test-arm-setup demo lab-up lab-down lab-shell bench-video bench-adapt bench-audio bench-panel bench-hw bench-transport fuzz memcheck soak lock
 
 help:
 	@echo "make setup        the controller's Debian packages + .venv: Ansible, fab (what natpi needs)"
@@ -18,6 +18,7 @@ help:
 	@echo "make demo         the lab end to end: provision, call, hang up, stats"
 	@echo "make lab-up       start the namespaced lab; make lab-shell HOST=natpi; make lab-down"
 	@echo "make bench-video  video benchmark;  make bench-audio  audio benchmark;  make bench-panel  the panel's picture cost"
+	@echo "make bench-hw     Pi-class video figures: camera and viewer next to GStreamer in the hardware lab VM"
 	@echo "make bench-adapt  the camera's adaptive quality on a link limited to a third of the stream, then freed"
 	@echo "make bench-transport  media direct vs inside the ssh tunnel (two ciphers) in the lab: CPU per MB, latency, loss"
 	@echo "make fuzz         fuzz each parser long (FUZZ_RUNS=$(FUZZ_RUNS) inputs each; make test runs a short one)"
@@ -75,6 +76,10 @@ bench-audio: setup-test
 
 bench-panel: setup-test
 	$(PY) -m tests.bench.panel
+
+# Pi-class figures: camera and viewer next to GStreamer in the hardware lab VM (~10 min).
+bench-hw: setup-test
+	PI2PI_HW_TIMEOUT=1200 PI2PI_HW_OUT=$(CURDIR)/out/hw-bench tests/hw/run -o python_files=bench_pi_class.py -k pi_class -s
 
 bench-transport: setup-test
 	$(PY) -m tests.bench.transport

@@ -16,7 +16,7 @@ import pytest
 IN_VM = os.environ.get("PI2PI_HW_VM") == "1"
 
 if not IN_VM:
-    collect_ignore_glob = ["test_*.py"]
+    collect_ignore_glob = ["test_*.py", "bench_*.py"]
 
 
 def pytest_report_header(config):
