@@ -66,3 +66,15 @@ def test_in_flight_budget_follows_the_link_speed() -> None:
     assert sender.allowance(416_000) == pytest.approx(416_000 / 30)     # slow link: one interval's worth
     assert sender.allowance(50e6) == pytest.approx(1.5 * 27_700)        # fast link: capped
     assert sender.allowance(100_000) == pytest.approx(0.5 * 27_700)     # never below half a frame
+
+
+def test_waiting_for_the_budget_looks_again_when_the_excess_should_have_drained() -> None:
+    from pi2pi.video.camera import BUDGET_POLL_S, budget_poll_s
+
+    low, high = BUDGET_POLL_S
+    assert budget_poll_s(4_160, 416_000, adapting=False) == pytest.approx(0.010)   # 10 ms of this link
+    assert budget_poll_s(2_080, 416_000, adapting=False) == pytest.approx(0.005)
+    assert budget_poll_s(100, 416_000, adapting=False) == low       # never busier than every 1 ms
+    assert budget_poll_s(1e6, 416_000, adapting=False) == high      # nor later than 10 ms
+    assert budget_poll_s(4_160, None, adapting=False) == low        # not measured yet
+    assert budget_poll_s(4_160, 416_000, adapting=True) == low      # the adapter's gauge wants every look
