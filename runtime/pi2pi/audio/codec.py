@@ -29,7 +29,7 @@ class CodecSettings:
     channels: int = 1
     bitrate: int = 32000   # bits per second, explicit (the encoder's default would be higher)
     frame_ms: int = 20
-    complexity: int = 10   # Opus's default; 5 halves the encoder's CPU on a busy Pi
+    complexity: int = 10   # Opus's own default; talk's is 5 (audio/settings.py)
 
     @property
     def frame_samples(self) -> int:

@@ -56,7 +56,7 @@ class TalkSettings(AudioSettings):
     periods: int = 4
     label: Optional[str] = None    # the name the test signal says (none: this host's name)
     bitrate: int = 32000           # bits/s; a 20 ms packet of ~80 bytes, as the seed saw (50-100)
-    complexity: int = 10           # Opus encoder complexity 0..10 (CPU against quality)
+    complexity: int = 5            # Opus encoder complexity 0..10: 5 costs a Pi-class core 2.5x less than 10 (docs/audio.md)
     max_backlog_ms: float = 200.0  # audio allowed to wait in the TCP send queue; more is dropped
 
     def validate(self) -> None:
