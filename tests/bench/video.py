@@ -6,7 +6,7 @@ encode, GStreamer's sender) is pinned to one core, the receiving side to the
 other. Each round runs every contender once, back to back: the raw pipelined
 limit, pi2pi, GStreamer with each pair of DCTs, latency at 30 fps, single steps
 on one core; each figure is a ratio within its round, and the figures printed
-are the medians over the rounds (default 5) with their ranges. Prints a table,
+are the medians over the rounds (default 9) with their ranges. Prints a table,
 then one JSON object as the last line (each figure's median, and
 `<figure>_range`). Needs root for the rate-limited part (network namespaces
 pi2pi-bench-a/b, deleted afterwards). Method: docs/video.md ("Benchmark").
@@ -40,7 +40,7 @@ CLIP_FRAMES, CLIP_SEED = 60, 20261125
 NS_A, NS_B = "pi2pi-bench-a", "pi2pi-bench-b"
 ADDR_A, ADDR_B = "198.51.100.1", "198.51.100.2"   # documentation range, only inside our namespaces
 PORT = 5010
-ROUNDS = 5
+ROUNDS = 9
 RAW_S, PAIR_S, LATENCY_S = 2.5, 3.0, 4.0   # seconds of each contender in a round
 # pi2pi's DCTs as shipped (camera encoding, viewer decoding), read from the programs' settings.
 DEFAULT_DCT = (config.field_defaults(camera.Settings)["dct"], config.field_defaults(viewer.Settings)["dct"])
