@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from tests.bench.video import DEFAULT_DCT, GST_IDCT, make_clip
+from tests.bench.video import DEFAULT_DCT, GST_IDCT, make_clip, wait_for_listener
 from tests.hw import hwlib
 from tests.hw.programs import free_port, start
 
@@ -81,11 +81,9 @@ def run_gstreamer(clip: Path, width: int, height: int, fps: float, results: Path
             ["gst-launch-1.0", "-q", "tcpserversrc", "host=127.0.0.1", f"port={port}", "!", "multipartdemux", "!",
              "jpegdec", f"idct-method={GST_IDCT[DEFAULT_DCT[1]]}", "!", "videoconvert", "!",
              "video/x-raw,format=BGRx", "!", "fakesink", "sync=false"], stdout=log, stderr=log)
+        sender = None
         try:
-            deadline = time.monotonic() + 120
-            while f"127.0.0.1:{port}".encode() not in subprocess.run(
-                    ["ss", "-Hltn"], capture_output=True).stdout and time.monotonic() < deadline:
-                time.sleep(0.2)
+            assert wait_for_listener("127.0.0.1", port, None, 120), "GStreamer's receiver never listened"
             started = time.monotonic()
             sender = subprocess.Popen(
                 ["gst-launch-1.0", "-q", "multifilesrc", f"location={clip}", "loop=true", f"num-buffers={passes}",
@@ -99,8 +97,8 @@ def run_gstreamer(clip: Path, width: int, height: int, fps: float, results: Path
             elapsed = time.monotonic() - started
             assert receiver.wait(60) == 0
         finally:
-            for proc in (receiver,):
-                if proc.poll() is None:
+            for proc in (sender, receiver):
+                if proc is not None and proc.poll() is None:
                     proc.kill()
     return {"fps": round(frames / elapsed, 2), "sender_cpu_pct": round(sender_pct, 1),
             "receiver_cpu_pct": round(receiver_pct, 1), "frames": frames}
