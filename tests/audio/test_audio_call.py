@@ -345,7 +345,11 @@ def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_p
         talk = harness.start("talk", ["--listen", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
                                       "--duration", "2.5", "--stats", str(stats)], env, tmp_path / "talk.log")
         assert harness.finish(talk) == 0, (tmp_path / "talk.log").read_text()
-        time.sleep(0.5)
+        # listen has read everything once it has read talk's close and let go of its socket
+        deadline = time.monotonic() + 10
+        while not dialer_let_go(port):
+            assert time.monotonic() < deadline, "listen kept its socket after talk closed"
+            time.sleep(0.02)
     finally:
         listen.send_signal(signal.SIGTERM)
         assert harness.finish(listen) == 0
@@ -387,6 +391,13 @@ def receive_queue_empty(port: int) -> bool:
     out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, text=True).stdout.split()
     return bool(out) and out[0] == "0"
+
+
+def dialer_let_go(port: int) -> bool:
+    """No socket dialed to the port is open or half-closed: the dialer read to the end and closed it."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "state", "close-wait", f"( dport = :{port} )"],
+                         capture_output=True, text=True)
+    return out.returncode == 0 and not out.stdout.strip()
 
 
 def test_a_peer_sending_faster_than_real_time_does_not_grow_listen(tmp_path):

@@ -67,6 +67,14 @@ def test_a_call_flows_both_ways_and_hangs_up_with_nothing_lost(sides) -> None:
     status = gwpi.status()
     assert status["call"]["call"] == "c1" and status["call"]["supervisor"] == "running"
     assert set(status["call"]["programs"]) == {"camera", "viewer", "talk", "listen"}
+    # Enough has flowed to make "nothing lost" mean something: wait for the receivers'
+    # live counters (a frame count after a fixed time failed CI on a loaded machine).
+    for side in sides.values():
+        def enough(side: Side = side) -> bool:
+            programs = side.status()["call"]["programs"]
+            return (programs["viewer"].get("received", 0) > 10
+                    and programs["listen"].get("packets", 0) > 10)
+        wait_for(enough, 20, f"{side.name}'s viewer and listen to receive more than 10 each", step_s=0.2)
 
     hang_up(sides)
     for side in sides.values():
