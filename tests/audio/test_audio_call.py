@@ -58,6 +58,21 @@ def sounding(x: np.ndarray, threshold: float = 1000.0, margin_s: float = 0.05) -
     return x[loud[0] + m:loud[-1] - m]
 
 
+def released(port: int) -> bool:
+    """No connection on the port is open or half-closed: once the sender has gone, the
+    receiver read everything up to the sender's close and let go of its socket."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "state", "close-wait",
+                          f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
+    return out.returncode == 0 and not out.stdout.strip()
+
+
+def wait_released(port: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not released(port):
+        assert time.monotonic() < deadline, f"listen kept its connection on port {port} after the sender closed"
+        time.sleep(0.02)
+
+
 def run_call(tmp_path: Path, signal_in: np.ndarray, talk_s: float, extra_talk: List[str] = (),
              extra_listen: List[str] = (), command: Sequence[str] = tuple(harness.PI2PI)):
     """talk plays `signal_in` to listen over loopback; `command` runs pi2pi (tests/arm: on an emulated Pi)."""
@@ -75,7 +90,8 @@ def run_call(tmp_path: Path, signal_in: np.ndarray, talk_s: float, extra_talk: L
                                       "--duration", str(talk_s), "--stats", str(stats), *extra_talk],
                              env, tmp_path / "talk.log", command)
         assert harness.finish(talk, talk_s + 15) == 0, (tmp_path / "talk.log").read_text()
-        time.sleep(0.5)   # let listen play out what it holds
+        wait_released(port)   # listen has every packet talk sent
+        time.sleep(0.5)       # and plays out what it holds (the recording's tail; no count depends on it)
     finally:
         listen.send_signal(signal.SIGTERM)
         code = harness.finish(listen)
@@ -220,8 +236,10 @@ def start_listen(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def stop_listen(tmp_path: Path, proc: subprocess.Popen) -> dict:
-    time.sleep(0.4)
+def stop_listen(tmp_path: Path, proc: subprocess.Popen, port: int) -> dict:
+    """SIGTERM once listen has read all the test's (closed) connections held, and played out the rest."""
+    wait_released(port)
+    time.sleep(0.4)   # playout of what the buffer holds: the recording's tail, no count
     proc.send_signal(signal.SIGTERM)
     assert harness.finish(proc) == 0, (tmp_path / "listen.log").read_text()
     return harness.stats(tmp_path / "stats", "listen")
@@ -243,7 +261,7 @@ def test_packets_from_gstreamer_opusenc_play(tmp_path):
         with socket.create_connection(("127.0.0.1", port)) as conn:
             send_paced(conn, audio)
     finally:
-        stats = stop_listen(tmp_path, proc)
+        stats = stop_listen(tmp_path, proc, port)
     assert stats["packets"] == len(audio) and stats["rejected"] == 0 and stats["underruns"] == 0
     _, heard = analysis.read_wav(tmp_path / "heard.wav")
     body = sounding(heard)
@@ -275,7 +293,7 @@ def test_bad_input_is_logged_counted_and_survived(tmp_path):
         with socket.create_connection(("127.0.0.1", port)) as conn:   # a stranger's bytes
             conn.sendall(os.urandom(20000))
     finally:
-        stats = stop_listen(tmp_path, proc)
+        stats = stop_listen(tmp_path, proc, port)
     log = (tmp_path / "listen.log").read_text()
     assert "Traceback" not in log
     assert stats["zero_length"] >= 5                            # (the stranger may add some)
@@ -314,7 +332,7 @@ def test_with_a_token_a_stranger_is_refused_and_the_call_plays(tmp_path):
         with conn:
             send_paced(conn, our_packets(1.0, 440.0))
     finally:
-        stats = stop_listen(tmp_path, proc)
+        stats = stop_listen(tmp_path, proc, port)
     assert stats["packets"] == 50 and stats["reconnects"] == 0 and stats["unproven"] == 1
     assert "refused" in (tmp_path / "listen.log").read_text()
 
@@ -345,11 +363,7 @@ def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_p
         talk = harness.start("talk", ["--listen", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
                                       "--duration", "2.5", "--stats", str(stats)], env, tmp_path / "talk.log")
         assert harness.finish(talk) == 0, (tmp_path / "talk.log").read_text()
-        # listen has read everything once it has read talk's close and let go of its socket
-        deadline = time.monotonic() + 10
-        while not dialer_let_go(port):
-            assert time.monotonic() < deadline, "listen kept its socket after talk closed"
-            time.sleep(0.02)
+        wait_released(port)   # listen read everything up to talk's close
     finally:
         listen.send_signal(signal.SIGTERM)
         assert harness.finish(listen) == 0
@@ -393,13 +407,6 @@ def receive_queue_empty(port: int) -> bool:
     return bool(out) and out[0] == "0"
 
 
-def dialer_let_go(port: int) -> bool:
-    """No socket dialed to the port is open or half-closed: the dialer read to the end and closed it."""
-    out = subprocess.run(["ss", "-Htn", "state", "established", "state", "close-wait", f"( dport = :{port} )"],
-                         capture_output=True, text=True)
-    return out.returncode == 0 and not out.stdout.strip()
-
-
 def test_a_peer_sending_faster_than_real_time_does_not_grow_listen(tmp_path):
     """The jitter buffer used to keep every packet a fast peer sent until playout."""
     port = harness.free_port()
@@ -418,7 +425,7 @@ def test_a_peer_sending_faster_than_real_time_does_not_grow_listen(tmp_path):
         settled = rss_kb(proc.pid)
         send_and_settle(100_000)                                # 2000 s more
         peak = rss_kb(proc.pid, "VmHWM")
-    stats = stop_listen(tmp_path, proc)
+    stats = stop_listen(tmp_path, proc, port)
     # 100 000 more packets kept would be ~20 MB; the buffer holds at most buffer_max + 5 s.
     assert peak - settled < 8_000, f"listen grew from {settled} kB to a peak of {peak} kB"
     assert stats["packets"] == 105_000 and stats["flooded"] > 90_000, stats
