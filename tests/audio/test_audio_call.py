@@ -145,7 +145,9 @@ def check_chirp_heard(signal_in: np.ndarray, talk: dict, listen: dict, heard: np
     cuts = analysis.hard_cuts(heard, RATE)
     assert len(cuts) <= 2 * gaps, f"hard cuts at {[round(c / RATE, 3) for c in cuts]} s"
 
-    assert 160 <= talk["packets"] <= 175 and talk["reason"] == "duration reached"
+    # At most the duration's worth (clock pacing), and most of it: talk's clock starts before
+    # it opens the device and connects, which a loaded machine can take a few tenths of a second over.
+    assert 0.8 * CHIRP_TALK_S * 50 <= talk["packets"] <= CHIRP_TALK_S * 50 + 5 and talk["reason"] == "duration reached"
     assert listen["packets"] == talk["packets"] and listen["bytes"] == talk["bytes"]
     assert 20.0 <= talk["kbps"] <= 45.0
     assert listen["rejected"] == 0 and listen["dropped"] <= 3   # trims only in the pauses
@@ -190,7 +192,7 @@ def test_the_wire_carries_exactly_the_seed_framing(tmp_path):
     stream = read_until_closed(conn)
     assert harness.finish(talk) == 0
     packets = split_seed_frames(stream)   # one length byte, the packet, and nothing else
-    assert 70 <= len(packets) <= 76
+    assert 0.8 * 75 <= len(packets) <= 76   # 1.5 s at 50 packets a second (see check_chirp_heard)
     # an independent decoder (opuslib's own class) plays every packet as 20 ms
     decoder = opuslib.Decoder(RATE, 1)
     pcm = np.concatenate([np.frombuffer(decoder.decode(p, 960), dtype=np.int16) for p in packets])
