@@ -162,7 +162,7 @@ def frame_at(link_bps: float, segments: int, segment: int = 1448, bucket_segment
              rtt: float = 0.0, look_every: float = 0.002) -> LinkRate:
     """A LinkRate fed like the sender feeds it: a frame handed over at 0, acknowledged
     segment by segment at the link's rate after a token bucket let the first ones through."""
-    gauge = LinkRate(segment)
+    gauge = LinkRate(segment, warm_samples=1)   # one frame's reading
     gauge.sending(0.0, 0, segments * segment)
     acked_at = [rtt + max(0, k + 1 - bucket_segments) * segment / link_bps for k in range(segments)]
     t = 0.0
@@ -208,18 +208,18 @@ def test_the_link_gauge_reads_the_rate_not_the_token_bucket_or_the_round_trip() 
     assert frame_at(slow, 8).bps(0.2) == pytest.approx(slow, rel=0.1)
     assert frame_at(slow, 8, rtt=0.05).bps(0.3) == pytest.approx(slow, rel=0.1)
     # A frame the receiver acknowledged in one go (two segments): its first segment does not count.
-    two = LinkRate(1448)
+    two = LinkRate(1448, warm_samples=1)
     two.sending(0.0, 0, 2896)
     two.look(0.001, 0, 2896)
     two.look(0.0245, 2896, 0)
     assert two.bps(0.03) == pytest.approx(1448 / 0.0245)
     # A fast link: all of it acknowledged before the next look; plenty, whatever the exact figure.
-    fast = LinkRate(1448)
+    fast = LinkRate(1448, warm_samples=1)
     fast.sending(0.0, 0, 10_000)
     fast.look(0.0001, 10_000, 0)
     assert fast.bps(0.001) >= 5e6
     # A frame under way on a loaded link is read as it goes, before it ends.
-    busy = LinkRate(1448)
+    busy = LinkRate(1448, warm_samples=0)   # a frame under way: no sample taken yet
     busy.sending(0.0, 0, 100_000)
     for k in range(1, 60):
         t = k * 0.005
@@ -256,7 +256,7 @@ def test_a_loss_pause_does_not_halve_the_reading() -> None:
     stream.run_to(at + 0.8)
     assert stream.gauge.bps(stream.t) == pytest.approx(before, rel=0.1)
     # Without tcp_info's count the repair reads as one slow frame: the max filter outvotes it.
-    blind = LinkRate(1448)
+    blind = LinkRate(1448, warm_samples=1)
     t = 0.0
     for k in range(6):
         pause = 0.3 if k == 5 else 0.0
@@ -266,6 +266,27 @@ def test_a_loss_pause_does_not_halve_the_reading() -> None:
             blind.look(when, k * 5792 + (seg + 1) * 1448, 0)
         t += 0.6
     assert blind.bps(t) == pytest.approx(rate, rel=0.1)
+
+
+def test_a_frame_that_waited_on_an_earlier_frames_repair_gives_no_sample() -> None:
+    def late_frame(repaired_before_first_ack: bool) -> LinkRate:
+        # Fast frames, then one handed over while TCP repairs an earlier loss by a timeout:
+        # all of it is acknowledged at once, 0.6 s later.
+        stream = Stream(min_rtt=0.13)
+        for k in range(10):
+            stream.frame(k / FPS, 4, lambda seg: 0.13 + 0.001 * seg)
+        stream.run_to(10 / FPS + 0.3)
+        at = stream.t
+        stream.frame(at, 4, lambda seg: 0.6)
+        stream.run_to(at + 0.3)
+        if repaired_before_first_ack:
+            stream.retransmits += 1
+        stream.run_to(at + 0.7)
+        return stream.gauge
+    repaired, control = late_frame(True).samples, late_frame(False).samples
+    assert len(repaired) == len(control) - 1 and min(r for _, r in repaired) > 1e6 / 8
+    # The control: without the count moving, the late frame's sample is taken, and reads slow.
+    assert min(r for _, r in control) < 100e3 / 8
 
 
 def test_jitter_and_late_acknowledgements_do_not_outrank_the_max_filter() -> None:
@@ -279,6 +300,27 @@ def test_jitter_and_late_acknowledgements_do_not_outrank_the_max_filter() -> Non
             stream.frame(k / FPS, 4, lambda seg, d=delays: d[seg])
     stream.run_to(45 / FPS + 0.3)
     assert stream.gauge.bps(stream.t) >= 1e6 / 8   # far above the stream (about 700 kbit/s)
+
+
+def test_no_reading_until_enough_frames_have_been_sampled() -> None:
+    # The lab's lossy call: the first frame's acknowledgements came spread by jitter and read
+    # 459 kbit/s on a link that carries several Mbit/s; the camera, reading it alone, went down
+    # to 224x168 a quarter of a second into the call.
+    stream = Stream(min_rtt=0.132)
+    stream.frame(0.0, 4, lambda seg: 0.132 + 0.025 * seg)                  # spread out: reads low
+    for k in range(1, LinkRate.KEEP + 2):
+        stream.frame(k / FPS, 4, lambda seg: 0.132 + 0.001 * seg)         # the link's own pace
+        stream.run_to(k / FPS + 0.2)
+        if stream.gauge.taken < adapt.WARM_SAMPLES:
+            assert stream.gauge.bps(stream.t) is None, stream.gauge.taken
+    assert stream.gauge.taken >= adapt.WARM_SAMPLES
+    assert stream.gauge.bps(stream.t) >= 4e6 / 8
+    # The positive control: read after the first frame alone, the gauge says the link is slow.
+    first = Stream(min_rtt=0.132)
+    first.gauge.warm_samples = 1
+    first.frame(0.0, 4, lambda seg: 0.132 + 0.025 * seg)
+    first.run_to(0.3)
+    assert first.gauge.bps(first.t) < 700e3 / 8
 
 
 def test_a_link_that_slows_down_outranks_the_faster_samples_at_once() -> None:
@@ -300,7 +342,7 @@ def test_a_link_that_slows_down_outranks_the_faster_samples_at_once() -> None:
 
 
 def test_old_samples_go_once_newer_ones_fill_the_filter() -> None:
-    gauge = LinkRate(1448)
+    gauge = LinkRate(1448, warm_samples=1)
     gauge.sending(0.0, 0, 10_000)
     gauge.look(0.0001, 10_000, 0)                          # fast
     assert gauge.bps(5.0) is not None and gauge.bps(5.0) > 1e6   # kept: nothing newer came

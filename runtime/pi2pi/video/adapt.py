@@ -53,7 +53,8 @@ The policy (`Adapter.step`, once per frame, without sockets or clocks of its own
 - A move up followed within PROBE_FAIL_S by a move down was a failed probe:
   the up hold doubles (to at most UP_HOLD_MAX_S), and returns to UP_HOLD_S
   after CALM_S without a move, so a link at a rung's edge does not flap.
-- Without a drain measurement (nothing has waited in the link yet) nothing moves.
+- Without a drain measurement nothing moves: the gauge reads nothing until its
+  first WARM_SAMPLES frames have been sampled (see LinkRate).
 
 What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
@@ -95,6 +96,7 @@ CALM_S = 30.0           # this long without a move: the up hold is back to UP_HO
 HELD_BACK_S = 0.001     # waiting on the budget longer than this is the link holding us back
 LEARN_WEIGHT = 0.25     # of the newest frame in a rung's bytes-per-frame average
 SIZE_ROUNDING = 8       # picture sides are multiples of this (4:2:0 chroma, pad-4 rows)
+WARM_SAMPLES = 8        # frames the link gauge samples before its first reading (LinkRate)
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ class SentFrame:
     first: Optional[Tuple[float, int]] = None    # (time, bytes acknowledged) of the first look with an ack inside it
     last_advance: float = 0.0                    # the last look at which its acknowledgements moved on ...
     seen: int = 0                                # ... to this many bytes
-    retransmits: Optional[int] = None            # the connection's count when its first ack came
+    retransmits: Optional[int] = None            # the connection's count at the hand-over (then as measured)
     repairing: bool = False                      # a loss is being repaired: measure from the next ack
 
 
@@ -318,7 +320,11 @@ class LinkRate:
       gives none.
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
-      nothing about the link's rate.
+      nothing about the link's rate. "During" starts at the hand-over: a frame
+      handed over while an earlier one's loss was being repaired waits for that
+      repair too (the lab's lossy call: samples of 10-280 kbit/s for 2 s on a link
+      that carries several Mbit/s, and the camera went to the bottom rung). Such
+      a frame is measured from its next acknowledgement after the first, if any.
     - The reading is the highest sample of the last WINDOW_S (at least the last
       KEEP samples): a max filter, as BBR's. On a path with jitter, or whose
       acknowledgements get lost, some frames' acknowledgements spread out and
@@ -332,7 +338,12 @@ class LinkRate:
       finished: the first to show a link that slowed down), removes the faster
       samples before it. Time counts up to the last acknowledgement only, so a
       pause in them adds none.
-    - None before any frame gave a sample.
+    - None until `warm_samples` frames (WARM_SAMPLES) have given a sample: on a jittery path one
+      small frame can read a tenth of the link (the lab's lossy call: its first
+      sample, 0.24 s into the call, read 459 kbit/s on a link that carries
+      several Mbit/s, and the camera went from 320x240 to 224x168). A slow link
+      still shows within those frames (at a third of the stream's rate, about
+      1.6 s at 15 fps), and the in-flight budget bounds the latency meanwhile.
 
     camera.DrainRate, which sizes the in-flight budget, smooths 5 ms samples
     instead: quick, but on a slow link whose packets leave tens of ms apart it
@@ -345,18 +356,20 @@ class LinkRate:
     KEEP = 8            # samples kept however old: a stream of few frames keeps its evidence
     LOADED_SEGMENTS = 4
 
-    def __init__(self, segment: int = 1448) -> None:
+    def __init__(self, segment: int = 1448, warm_samples: int = WARM_SAMPLES) -> None:
         self.segment = segment                               # the connection's TCP segment (MSS)
+        self.warm_samples = warm_samples                     # samples taken before the first reading
         self.frames: Deque[SentFrame] = deque()              # sent, not yet all acknowledged, oldest first
         self.samples: Deque[Tuple[float, float]] = deque()   # (when, bytes per second) of finished frames
         self.draining: Optional[float] = None                # the oldest frame's reading so far, once loaded
         self.min_rtt_s = 0.0
         self.retransmits: Optional[int] = None
+        self.taken = 0                                       # samples taken so far
 
     def sending(self, now: float, start: int, end: int) -> None:
         """A frame occupying stream bytes [start, end) is about to be handed over."""
         if end > start:
-            self.frames.append(SentFrame(start, end, now))
+            self.frames.append(SentFrame(start, end, now, retransmits=self.retransmits))
 
     def look(self, now: float, acked: int, unacked: int, info: Optional[TcpInfo] = None) -> None:
         """A look at the socket: bytes acknowledged so far (and unacknowledged), tcp_info if read."""
@@ -369,7 +382,10 @@ class LinkRate:
                 if acked <= frame.start:
                     return
                 frame.first, frame.last_advance, frame.seen = (now, acked), now, acked
-                frame.retransmits = self.retransmits
+                if frame.retransmits is not None and frame.retransmits != self.retransmits:
+                    # TCP repaired a loss between the hand-over and this first acknowledgement
+                    # (an earlier frame's, often by a timeout): this frame waited on the repair.
+                    frame.retransmits, frame.repairing = self.retransmits, True
                 if acked < frame.end:
                     return
                 # Acknowledged whole at once: its bytes but the first segment (a token bucket's) took
@@ -422,6 +438,7 @@ class LinkRate:
         if loaded:
             self._outrank(rate)
         self.samples.append((now, rate))
+        self.taken += 1
 
     def _outrank(self, rate: float) -> None:
         """A loaded reading: the faster samples before it are from a link that has since slowed."""
@@ -429,6 +446,8 @@ class LinkRate:
             self.samples = deque((t, r) for t, r in self.samples if r <= rate)
 
     def bps(self, now: float) -> Optional[float]:
+        if self.taken < self.warm_samples:
+            return None
         while len(self.samples) > self.KEEP and now - self.samples[0][0] > self.WINDOW_S:
             self.samples.popleft()
         rates = [r for _, r in self.samples] + ([self.draining] if self.draining is not None else [])
