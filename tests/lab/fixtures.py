@@ -25,9 +25,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
+    yield from running_lab()
+
+
+def running_lab(**options: object) -> Iterator[Lab]:
+    """The `lab` fixture's body, for a module whose own `lab` fixture wants another
+    kind of lab (`yield from running_lab(systemd=True)`)."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network and mount namespaces, iptables): run the tests as root")
-    the_lab = Lab()
+    the_lab = Lab(**options)  # type: ignore[arg-type]
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -237,6 +237,81 @@ while True:
 exec -a "pi2pi-lab-holder-$host" /usr/bin/python3 -c 'exec(__import__("os").environ.pop("LAB_REAPER"))'
 """
 
+# The systemd mode (Lab(systemd=True), or PI2PI_LAB_SYSTEMD=1): these hosts boot
+# systemd as PID 1 with systemd-nspawn inside their network namespaces, so the
+# roles' `service_mgr == 'systemd'` branches run as on a Pi or a gateway.
+SYSTEMD_HOSTS = ("natpi", "gw", "gwpi")
+SYSTEMD_ENV = "PI2PI_LAB_SYSTEMD"
+SYSTEMD_INIT = "/lib/systemd/systemd"
+# Each container gets its own cgroup under this one (in every hierarchy nspawn
+# uses): with --keep-unit on a machine without systemd, nspawn would otherwise
+# put every container's payload in the same /payload cgroup, and three
+# systemds would manage (and kill) each other's services.
+CGROUP_ROOT = "pi2pi-lab"
+CGROUP_HIERARCHIES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
+# Units that make no sense in a lab container (the netns is wired by the lab, the
+# clock is the machine's, no consoles) or that the machine has enabled for itself.
+SYSTEMD_MASKED = (
+    "getty@tty1.service", "console-getty.service", "serial-getty@.service", "getty.target",
+    "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
+    "systemd-resolved.service", "systemd-timesyncd.service", "systemd-pstore.service",
+    "networking.service", "ifupdown-pre.service", "postgresql.service", "binfmt-support.service",
+    "e2scrub_reap.service", "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer",
+    "e2scrub_all.timer", "fstrim.timer", "man-db.timer", "machines.target",
+)
+
+# systemd mode: runs in a new mount and UTS namespace inside the host's network
+# namespace, builds the host's root (the machine's /usr and the repository's
+# top directory bound, the same overlays as HOLDER_SCRIPT's), sets the host up
+# on its first boot (HOST_SETUP_SCRIPT, chrooted: host key, user, sshd config,
+# ssh.service enabled, units masked), then becomes systemd-nspawn, whose
+# container's PID 1 is systemd. Its parent (unshare) holds the lab's lock.
+SYSTEMD_HOLDER_SCRIPT = r"""
+set -eu
+state=$1 host=$2 hide=$3 repo=$4 first=$5 cgroup=$6
+hostname "$host"
+for h in $LAB_CGROUPS; do
+    mkdir -p "$h/$cgroup"
+    echo $$ > "$h/$cgroup/cgroup.procs"
+done
+# nspawn's own runtime files (/run/systemd/nspawn) stay in this mount namespace.
+mkdir -p /run/systemd
+mount -t tmpfs -o mode=0755,nosuid,nodev "pi2pi-$host" /run/systemd
+cd "$state"
+mkdir -p root
+mount -t tmpfs -o mode=0755 "pi2pi-$host" root
+for d in etc var home root opt usr srv mnt media tmp run proc sys dev boot; do mkdir -p "root/$d"; done
+for l in bin sbin lib lib32 lib64 libx32; do
+    if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "root/$l"; fi
+done
+mount --rbind /usr root/usr
+top=/$(echo "${repo#/}" | cut -d/ -f1)
+mkdir -p "root$top"
+mount --rbind "$top" "root$top"
+for d in etc var home root opt usr/local; do
+    mount -t overlay "pi2pi-$host" -o "lowerdir=/$d,upperdir=upper/$d,workdir=work/$d" "root/$d"
+done
+if [ -n "$hide" ]; then mount -t tmpfs -o mode=0700,size=64k "pi2pi-$host" "root$hide"; fi
+if [ "$first" = 1 ]; then
+    # Its own machine id (the machine's would be every host's, and the journal's).
+    tr -d - </proc/sys/kernel/random/uuid >root/etc/machine-id
+    for unit in $LAB_MASKED; do ln -sfn /dev/null "root/etc/systemd/system/$unit"; done
+    mkdir -p root/etc/systemd/system/multi-user.target.wants root/run/sshd
+    ln -sfn /lib/systemd/system/ssh.service root/etc/systemd/system/multi-user.target.wants/ssh.service
+    mount -t proc "pi2pi-$host" root/proc
+    chroot root /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        LANG=C.UTF-8 LAB_SYSTEMD=1 LAB_FIREWALL="${LAB_FIREWALL:-}" LAB_USER="${LAB_USER:-}" \
+        LAB_SSHD_LISTEN="${LAB_SSHD_LISTEN:-}" /bin/bash -c "$LAB_SETUP" >&2
+    umount root/proc
+    rmdir root/run/sshd
+fi
+# /proc/sys/net writable: the roles set net.ipv4.ip_forward (the netns is the host's own).
+export SYSTEMD_NSPAWN_API_VFS_WRITABLE=network
+exec systemd-nspawn --quiet --register=no --keep-unit --console=passive \
+    --network-namespace-path="/run/netns/pi2pi-$host" --hostname="$host" \
+    --machine="pi2pi-lab-$host" --directory=root -- "$LAB_INIT"
+"""
+
 # Makes a host look like a freshly installed machine whose administrator set up
 # ssh: its own host key, a user with passwordless sudo, sshd running.
 HOST_SETUP_SCRIPT = r"""
@@ -261,7 +336,8 @@ ListenAddress $LAB_SSHD_LISTEN
 HostKey /etc/ssh/ssh_host_ed25519_key
 EOF
 /usr/sbin/sshd -t
-/usr/sbin/sshd
+# With systemd (LAB_SYSTEMD, chrooted before boot) ssh.service starts it.
+[ -n "${LAB_SYSTEMD:-}" ] || /usr/sbin/sshd
 """
 
 
@@ -399,7 +475,7 @@ class Lab:
 
     def __init__(self, state_dir: Optional[Union[str, Path]] = None, *,
                  persistent: bool = False, lock: Optional[socket.socket] = None,
-                 owner_pid: Optional[int] = None) -> None:
+                 owner_pid: Optional[int] = None, systemd: Optional[bool] = None) -> None:
         # persistent: the lab outlives this process (the command line's `up`);
         # otherwise it is torn down when this process exits, whatever ends it.
         # owner_pid: a live process the lab belongs to (default: this one's if
@@ -407,7 +483,13 @@ class Lab:
         # the lab as a leftover. The command line takes it from $PI2PI_LAB_OWNER.
         # lock: the machine's lab lock, handed over by a process that holds it
         # (see down(release=False)), so no other session slips in between.
+        # systemd: natpi, gw and gwpi boot systemd (SYSTEMD_HOSTS); default: $PI2PI_LAB_SYSTEMD=1.
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).absolute()
+        if systemd is None:
+            systemd = os.environ.get(SYSTEMD_ENV, "") not in ("", "0")
+        self.systemd = systemd
+        self._systemd_procs: Dict[str, subprocess.Popen] = {}  # host: its nspawn's unshare
+        self._boot_started: Dict[str, float] = {}
         self.persistent = persistent
         self.owner_pid = owner_pid
         self.natpi_public = ADDR["natpi_public"]
@@ -437,6 +519,7 @@ class Lab:
         OWNER_PATH.write_text(json.dumps({
             "pid": self.owner_pid or os.getpid(),
             "persistent": self.persistent and self.owner_pid is None,
+            "systemd": self.systemd,
             "state_dir": str(self.state_dir)}) + "\n")
         try:
             if not self.persistent and not self._atexit_registered:
@@ -743,6 +826,9 @@ class Lab:
             for d in OVERLAY_DIRS:
                 (host_dir / "upper" / d).mkdir(parents=True, exist_ok=True)
                 (host_dir / "work" / d).mkdir(parents=True, exist_ok=True)
+            if self._is_systemd_host(host):
+                self._boot(host, first=True)
+                continue
             argv = ["nsenter", f"--net=/run/netns/{self._netns(host)}", "--",
                     "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
                     "--propagation", "private", "--",
@@ -764,6 +850,8 @@ class Lab:
             pid = _only_child(proc.pid)
             self._holders[host] = pid
             (self.state_dir / "hosts" / host / "holder.pid").write_text(f"{pid}\n")
+        for host in self._systemd_procs:
+            self._wait_booted(host)
 
     def _setup_hosts(self) -> None:
         errors: List[BaseException] = []
@@ -780,7 +868,9 @@ class Lab:
             except BaseException as exc:  # reported below, from the main thread
                 errors.append(exc)
 
-        threads = [threading.Thread(target=setup, args=(host,)) for host in HOSTS]
+        # A systemd host was set up before it booted (SYSTEMD_HOLDER_SCRIPT).
+        threads = [threading.Thread(target=setup, args=(host,)) for host in HOSTS
+                   if not self._is_systemd_host(host)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -789,6 +879,8 @@ class Lab:
             raise errors[0]
         deadline = time.monotonic() + UP_TIMEOUT
         for host in LOGINS:
+            if self._is_systemd_host(host):
+                continue  # ssh.service is active: the boot waited for it
             while not self.host_path(host, "/run/sshd.pid").exists():
                 if time.monotonic() > deadline:
                     raise LabError(f"{host}: sshd did not start")
@@ -812,6 +904,92 @@ class Lab:
         ]
         self.run("natpi", "umask 077; cat >> ~/.ssh/known_hosts", user="pi",
                  input="\n".join(known) + "\n")
+
+    # ----- systemd hosts ----------------------------------------------------------
+
+    def _is_systemd_host(self, host: str) -> bool:
+        return self.systemd and host in SYSTEMD_HOSTS
+
+    def _boot(self, host: str, first: bool) -> None:
+        """Start host's container (SYSTEMD_HOLDER_SCRIPT); _wait_booted finds its PID 1."""
+        host_dir = self.state_dir / "hosts" / host
+        script = self.state_dir / "systemd-holder.sh"
+        if not script.exists():  # never rewritten: a booting host's bash is still reading it
+            script.write_text(SYSTEMD_HOLDER_SCRIPT)
+        env = dict(_ROOT_ENV, LAB_SETUP=HOST_SETUP_SCRIPT, LAB_INIT=SYSTEMD_INIT,
+                   LAB_MASKED=" ".join(SYSTEMD_MASKED),
+                   LAB_CGROUPS=" ".join(h for h in _cgroup_hierarchies()))
+        if host in FIREWALLS:
+            env["LAB_FIREWALL"] = FIREWALLS[host]
+        if host in LOGINS:
+            env["LAB_USER"] = LOGINS[host].user
+            env["LAB_SSHD_LISTEN"] = LOGINS[host].sshd_listen
+        argv = ["nsenter", f"--net=/run/netns/{self._netns(host)}", "--",
+                "unshare", "--mount", "--uts", "--fork", "--kill-child", "--propagation", "private", "--",
+                "bash", str(script), str(host_dir), host, self._hidden_state_dir(), str(REPO),
+                "1" if first else "0", f"{CGROUP_ROOT}/{host}"]
+        _remove_cgroups(f"{CGROUP_ROOT}/{host}")  # an earlier boot's
+        with open(host_dir / "holder.log", "ab") as log_file:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=(self._lock.fileno(),) if self._lock else ())
+        self._holder_procs.append(proc)
+        self._systemd_procs[host] = proc
+        self._holders.pop(host, None)
+        self._boot_started[host] = time.monotonic()
+
+    def _wait_booted(self, host: str, timeout: float = UP_TIMEOUT) -> None:
+        """Wait for host's systemd to be PID 1 of its container and to finish booting."""
+        proc = self._systemd_procs[host]
+        log_path = self.state_dir / "hosts" / host / "holder.log"
+        deadline = time.monotonic() + timeout
+        pid = None
+        while pid is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"{host}: systemd-nspawn did not start its container"
+                               f" (exit status {proc.returncode}):\n"
+                               + log_path.read_text(errors="replace")[-3000:])
+            pid = _container_init(proc.pid, host)
+            if pid is None:
+                time.sleep(0.02)
+        self._holders[host] = pid
+        (self.state_dir / "hosts" / host / "holder.pid").write_text(f"{pid}\n")
+        while True:  # says nothing until systemd listens on its private socket
+            result = self.run(host, ["systemctl", "is-system-running", "--wait"], check=False,
+                              timeout=max(1.0, deadline - time.monotonic()))
+            state = result.stdout.strip()
+            if state or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if state != "running":
+            failed = self.run(host, "systemctl --failed --no-legend --plain", check=False).stdout
+            raise LabError(f"{host}: systemd is {state!r} after booting ({result.stderr.strip()});"
+                           f" failed units:\n{failed}")
+        # boot_HOST: from starting nspawn to `systemctl is-system-running` saying running
+        self.timings[f"boot_{host}"] = time.monotonic() - self._boot_started[host]
+        log.info("%s: systemd up in %.2f s", host, self.timings[f"boot_{host}"])
+
+    def reboot(self, host: str, timeout: float = 60) -> None:
+        """Reboot a systemd host: `systemctl poweroff` in its container, what the kernel
+        forgets at a reboot forgotten (its netfilter rules, ip_forward), then boot it again
+        from the same disk (its overlays' upper layers), and wait until systemd is running.
+        Its network namespace, links and addresses stay (the lab's wiring, not the host's)."""
+        if not self._is_systemd_host(host):
+            raise LabError(f"{host} does not run systemd (Lab(systemd=True) boots {', '.join(SYSTEMD_HOSTS)})")
+        proc = self._systemd_procs[host]
+        self.run(host, ["systemctl", "poweroff"], check=False)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise LabError(f"{host}: did not power off within {timeout:.0f} s") from None
+        self._reap_holders()
+        netns = self._netns(host)
+        _check(["nsenter", f"--net=/run/netns/{netns}", "--", "nft", "flush", "ruleset"])
+        _sysctl(netns, "net.ipv4.ip_forward", FORWARDING.get(host, 0))
+        self._boot(host, first=False)
+        self._wait_booted(host, timeout)
 
     # ----- teardown ---------------------------------------------------------------
 
@@ -838,6 +1016,8 @@ class Lab:
             _finish(proc)
         self._netem_procs.clear()
         self._units.clear()
+        self._systemd_procs.clear()
+        _remove_cgroups(CGROUP_ROOT)
         for name in names:
             result = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
             if result.returncode != 0 and os.path.exists(f"/run/netns/{name}"):
@@ -918,7 +1098,8 @@ class Lab:
         try:
             if os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat(netns).st_ino:
                 return None
-            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"pi2pi-lab-holder"):
+            if not (Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"pi2pi-lab-holder")
+                    or _is_container_init(pid, host)):
                 return None
         except OSError:
             return None
@@ -980,6 +1161,7 @@ def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> List[str]:
                 found.append(f"sshd {line}")
         except FileNotFoundError:
             pass
+    found += [f"cgroup {h}/{CGROUP_ROOT}" for h in _cgroup_hierarchies() if os.path.isdir(f"{h}/{CGROUP_ROOT}")]
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [f"mount {line}" for line in mounts.splitlines() if "pi2pi" in line]
     if state_dir.exists():
@@ -1104,6 +1286,61 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return not _zombie(pid)
+
+
+def _cgroup_hierarchies() -> List[str]:
+    """Where a container's cgroup must be made: the hierarchies nspawn may use here
+    (cgroup v2's, and on a hybrid machine the name=systemd one beside it)."""
+    found = []
+    for path in CGROUP_HIERARCHIES:
+        if os.path.exists(f"{path}/cgroup.procs") and not any(p.startswith(path + "/") or path.startswith(p + "/")
+                                                             for p in found):
+            found.append(path)
+    return found
+
+
+def _remove_cgroups(relative: str) -> None:
+    """Remove the lab's cgroups (deepest first) once their processes are gone."""
+    for hierarchy in _cgroup_hierarchies():
+        top = Path(hierarchy) / relative
+        if not top.is_dir():
+            continue
+        deadline = time.monotonic() + 5
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+            while True:
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise LabError(f"cannot remove cgroup {path}: {exc}") from None
+                    time.sleep(0.05)
+
+
+def _container_init(unshare_pid: int, host: str) -> Optional[int]:
+    """The PID 1 of host's container (a child of systemd-nspawn, itself the child of unshare)."""
+    try:
+        for nspawn in Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split():
+            for child in Path(f"/proc/{nspawn}/task/{nspawn}/children").read_text().split():
+                if _is_container_init(int(child), host):
+                    return int(child)
+    except OSError:
+        pass
+    return None
+
+
+def _is_container_init(pid: int, host: str) -> bool:
+    """Is pid the systemd that nspawn started as host's PID 1?"""
+    try:
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != SYSTEMD_INIT.encode():
+            return False
+        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return parent[0].endswith(b"systemd-nspawn") and f"--machine=pi2pi-lab-{host}".encode() in parent
 
 
 def _only_child(pid: int) -> int:
