@@ -307,7 +307,9 @@ if [ "$first" = 1 ]; then
 fi
 # /proc/sys/net writable: the roles set net.ipv4.ip_forward (the netns is the host's own).
 export SYSTEMD_NSPAWN_API_VFS_WRITABLE=network
-exec systemd-nspawn --quiet --register=no --keep-unit --console=passive \
+# CAP_NET_ADMIN: nspawn keeps it only for a network namespace it made itself, and
+# the hosts' firewalls and forwarding are theirs to manage.
+exec systemd-nspawn --quiet --register=no --keep-unit --console=passive --capability=CAP_NET_ADMIN \
     --network-namespace-path="/run/netns/pi2pi-$host" --hostname="$host" \
     --machine="pi2pi-lab-$host" --directory=root -- "$LAB_INIT"
 """
