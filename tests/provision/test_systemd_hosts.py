@@ -21,7 +21,7 @@ import pytest
 
 from tests.lab.fixtures import running_lab
 from tests.lab.lab import ADDR, Lab
-from tests.provision.helpers import build_wheelhouse, recap
+from tests.provision.helpers import build_wheelhouse, changed_tasks, recap
 from tests.provision.test_site import UNIT, describe, expected_rules, playbook, tunnel_works, wait_for
 
 TUNNEL = "pi2pi-tunnel.service"
@@ -48,10 +48,10 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def runs(lab: Lab) -> Dict[str, subprocess.CompletedProcess]:
-    """check mode on the fresh hosts, then the real run."""
+    """check mode on the fresh hosts, the real run, a second run."""
     build_wheelhouse()
     results = {}
-    for name, args in (("check_fresh", ("--check", "--diff")), ("first", ())):
+    for name, args in (("check_fresh", ("--check", "--diff")), ("first", ()), ("second", ())):
         started = time.monotonic()
         results[name] = playbook(lab, "site.yml", *args)
         print(f"site.yml {name}: {time.monotonic() - started:.0f} s")
@@ -104,6 +104,14 @@ def test_site_succeeds_on_systemd_hosts(runs: Dict[str, subprocess.CompletedProc
     totals = recap(runs["first"].stdout)
     assert set(totals) == {"gw", "natpi", "gwpi"}, totals
     assert all(t["failed"] == 0 and t["unreachable"] == 0 for t in totals.values()), totals
+
+
+def test_second_run_changes_nothing_on_systemd_hosts(runs: Dict[str, subprocess.CompletedProcess],
+                                                      provisioned: None) -> None:
+    """The units enabled and started by the first run stay as they are (what the default lab skips)."""
+    result = runs["second"]
+    assert result.returncode == 0, describe(result)
+    assert all(t["changed"] == 0 for t in recap(result.stdout).values()), changed_tasks(result.stdout)
 
 
 def test_tunnel_and_firewall_units_are_enabled_and_active(lab: Lab, provisioned: None, tunnel_login: None) -> None:
