@@ -123,6 +123,17 @@ def test_tunnel_and_firewall_units_are_enabled_and_active(lab: Lab, provisioned:
     print(f"tunnel works {seconds:.0f} s after provisioning")
 
 
+def test_gwpis_sshd_was_reloaded_by_systemd_for_its_drop_in(lab: Lab, provisioned: None) -> None:
+    """The first run installs gwpi's sshd drop-in and reloads ssh.service (ssh_keys' handler):
+    systemd's journal says so, and the daemon kept its pid (a reload, not a restart)."""
+    journal = lab.run("gwpi", "journalctl -u ssh.service --no-pager -o cat").stdout
+    assert "Reloaded" in journal or "Reloading" in journal, journal
+    started = lab.run("gwpi", "systemctl show -p ExecMainStartTimestampMonotonic --value ssh.service").stdout
+    reloaded = lab.run("gwpi", "journalctl -u ssh.service --no-pager -o short-monotonic -g Reload").stdout
+    first_reload = float(reloaded.split("]")[0].strip("[ ")) * 1e6
+    assert 0 < int(started) < first_reload, (started, reloaded)
+
+
 def test_systemd_restarts_the_killed_tunnel(lab: Lab, provisioned: None, tunnel_login: None) -> None:
     before = tunnel_pid(lab)
     assert before > 0
