@@ -262,7 +262,7 @@ SYSTEMD_MASKED = (
 
 # systemd mode: runs in a new mount and UTS namespace inside the host's network
 # namespace, builds the host's root (the machine's /usr and the repository's
-# top directory bound, the same overlays as HOLDER_SCRIPT's), sets the host up
+# directory bound at its own path, the same overlays as HOLDER_SCRIPT's), sets the host up
 # on its first boot (HOST_SETUP_SCRIPT, chrooted: host key, user, sshd config,
 # ssh.service enabled, units masked), then becomes systemd-nspawn, whose
 # container's PID 1 is systemd. Its parent (unshare) holds the lab's lock.
@@ -285,9 +285,11 @@ for l in bin sbin lib lib32 lib64 libx32; do
     if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "root/$l"; fi
 done
 mount --rbind /usr root/usr
-top=/$(echo "${repo#/}" | cut -d/ -f1)
-mkdir -p "root$top"
-mount --rbind "$top" "root$top"
+# The repository at its own path (its .venv, playbooks), and nothing around it: a
+# clone under /tmp must not bring the machine's /tmp into the container, whose
+# systemd-tmpfiles empties /tmp at boot (it emptied the machine's, once).
+mkdir -p "root$repo"
+mount --rbind "$repo" "root$repo"
 for d in etc var home root opt usr/local; do
     mount -t overlay "pi2pi-$host" -o "lowerdir=/$d,upperdir=upper/$d,workdir=work/$d" "root/$d"
 done
@@ -296,6 +298,9 @@ if [ "$first" = 1 ]; then
     # Its own machine id (the machine's would be every host's, and the journal's).
     tr -d - </proc/sys/kernel/random/uuid >root/etc/machine-id
     for unit in $LAB_MASKED; do ln -sfn /dev/null "root/etc/systemd/system/$unit"; done
+    # Nor is /tmp emptied at boot or aged (tmp.conf's `D /tmp`): a repository under it is bound there.
+    mkdir -p root/etc/tmpfiles.d
+    ln -sfn /dev/null root/etc/tmpfiles.d/tmp.conf
     mkdir -p root/etc/systemd/system/multi-user.target.wants root/run/sshd
     ln -sfn /lib/systemd/system/ssh.service root/etc/systemd/system/multi-user.target.wants/ssh.service
     mount -t proc "pi2pi-$host" root/proc

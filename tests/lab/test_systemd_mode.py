@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -66,6 +67,30 @@ def test_reboot_forgets_the_kernels_state_and_keeps_the_disk(lab: Lab) -> None:
     assert lab.run("natpi", f"{SSH} -p {ADDR['gw_ssh_port']} admin@{ADDR['gw_public']} hostname",
                    user="pi").stdout == "gw\n"
     print(f"gw rebooted: systemd running {lab.timings['boot_gw']:.2f} s after nspawn started")
+
+
+def test_the_machines_tmp_is_neither_seen_nor_emptied_by_the_containers(lab: Lab) -> None:
+    """A container's systemd empties its /tmp at boot; when the lab bound the repository's
+    top directory and a clone lived under /tmp, that was the machine's /tmp (a rehearsal
+    of CI lost its own files that way). Now only the repository is bound, and /tmp is not
+    emptied at boot in any case."""
+    handle, name = tempfile.mkstemp(prefix="pi2pi-lab-sentinel-", dir="/tmp")
+    os.close(handle)
+    sentinel = Path(name)
+    try:
+        for host in SYSTEMD_HOSTS:
+            inside = lab.host_path(host, "/tmp")
+            assert not os.path.samefile(inside, "/tmp"), host
+            assert not (inside / sentinel.name).exists(), host
+            assert lab.run(host, "readlink /etc/tmpfiles.d/tmp.conf").stdout.strip() == "/dev/null", host
+            assert lab.run(host, f"test -d {REPO}/.venv && echo seen").stdout.strip() == "seen", host
+        lab.run("gwpi", "touch /tmp/inside-gwpi")
+        lab.reboot("gwpi")
+        assert sentinel.exists(), "a container's boot emptied the machine's /tmp"
+        # Control: the container's own /tmp is its tmpfs, gone with the reboot's fresh root.
+        assert not lab.host_path("gwpi", "/tmp/inside-gwpi").exists()
+    finally:
+        sentinel.unlink(missing_ok=True)
 
 
 def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
