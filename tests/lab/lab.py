@@ -285,11 +285,10 @@ for l in bin sbin lib lib32 lib64 libx32; do
     if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "root/$l"; fi
 done
 mount --rbind /usr root/usr
-# The repository at its own path (its .venv, playbooks), and nothing around it: a
-# clone under /tmp must not bring the machine's /tmp into the container, whose
-# systemd-tmpfiles empties /tmp at boot (it emptied the machine's, once).
-mkdir -p "root$repo"
-mount --rbind "$repo" "root$repo"
+# The repository is bound at its own path (its .venv, playbooks) by nspawn's --bind
+# below, and nothing around it: nspawn mounts a tmpfs on /tmp, which would hide a
+# bind made here for a clone under /tmp, and binding the clone's top directory
+# brought the machine's /tmp into the containers, whose boot emptied it (once).
 for d in etc var home root opt usr/local; do
     mount -t overlay "pi2pi-$host" -o "lowerdir=/$d,upperdir=upper/$d,workdir=work/$d" "root/$d"
 done
@@ -316,7 +315,7 @@ export SYSTEMD_NSPAWN_API_VFS_WRITABLE=network
 # the hosts' firewalls and forwarding are theirs to manage.
 exec systemd-nspawn --quiet --register=no --keep-unit --console=passive --capability=CAP_NET_ADMIN \
     --network-namespace-path="/run/netns/pi2pi-$host" --hostname="$host" \
-    --machine="pi2pi-lab-$host" --directory=root -- "$LAB_INIT"
+    --machine="pi2pi-lab-$host" --directory=root --bind="$repo" -- "$LAB_INIT"
 """
 
 # Makes a host look like a freshly installed machine whose administrator set up
