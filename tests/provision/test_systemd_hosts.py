@@ -48,8 +48,10 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def runs(lab: Lab) -> Dict[str, subprocess.CompletedProcess]:
-    """check mode on the fresh hosts, the real run, a second run."""
+    """check mode on the fresh hosts, the real run, a second run. natpi's sshd starts off
+    and disabled, as on a fresh Raspberry Pi OS image: the tunnel role enables it."""
     build_wheelhouse()
+    lab.run("natpi", "systemctl disable --now ssh.service")
     results = {}
     for name, args in (("check_fresh", ("--check", "--diff")), ("first", ()), ("second", ())):
         started = time.monotonic()
@@ -121,6 +123,10 @@ def test_tunnel_and_firewall_units_are_enabled_and_active(lab: Lab, provisioned:
     up, seconds = wait_for(lambda: tunnel_works(lab), 30)
     assert up, lab.run("natpi", f"journalctl -u {TUNNEL} -n 30 --no-pager", check=False).stdout
     print(f"tunnel works {seconds:.0f} s after provisioning")
+
+
+def test_natpis_sshd_off_on_a_fresh_image_is_enabled_and_started(lab: Lab, provisioned: None) -> None:
+    assert unit_state(lab, "natpi", "ssh.service") == "enabled active"
 
 
 def test_gwpis_sshd_was_reloaded_by_systemd_for_its_drop_in(lab: Lab, provisioned: None) -> None:
