@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.lab.lab import Lab
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -50,3 +55,14 @@ def pytest_collection_modifyitems(items: list) -> None:
     for item in items:
         if "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.lab)
+
+
+def crash_a_lab(lab: Lab, systemd: bool = False) -> None:
+    """A run that builds a lab and dies without tearing it down (kill -9, a crash), holding
+    the lock `lab` handed over (after `lab.down(release=False)`): everything stays behind."""
+    crash = subprocess.run(
+        [sys.executable, "-c", "import os, socket; from tests.lab.lab import Lab; "
+                               f"Lab(systemd={systemd}, lock=socket.socket(fileno={lab.lock_fileno})).up(); os._exit(1)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=60, pass_fds=(lab.lock_fileno,))
+    assert crash.returncode == 1, crash.stderr

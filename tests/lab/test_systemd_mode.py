@@ -8,15 +8,13 @@ forgets what a kernel forgets and keeps the disk, and nothing stays behind.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.lab.fixtures import running_lab
+from tests.lab.fixtures import crash_a_lab, running_lab
 from tests.lab.lab import ADDR, CGROUP_ROOT, HOSTS, SYSTEMD_HOSTS, Lab, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,12 +96,7 @@ def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
     assert any(item.startswith("cgroup ") for item in leftovers()), "control: the containers' cgroups are seen"
     lab.down(release=False)
     assert leftovers() == []
-    crash = subprocess.run(
-        [sys.executable, "-c", "import os, socket; from tests.lab.lab import Lab; "
-                               f"Lab(systemd=True, lock=socket.socket(fileno={lab.lock_fileno})).up(); os._exit(1)"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=60, pass_fds=(lab.lock_fileno,))
-    assert crash.returncode == 1, crash.stderr
+    crash_a_lab(lab, systemd=True)
     assert leftovers(), "the crashed run left its lab"
     lab.up()
     assert lab.run("gw", "cat /proc/1/comm").stdout.strip() == "systemd"

@@ -10,7 +10,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from tests.lab.fixtures import crash_a_lab
 from tests.lab.lab import ADDR, HOSTS, Lab, LabError, Unit, leftovers, parse_unit
 
-REPO = Path(__file__).resolve().parents[2]
 GW = ADDR["gw_public"]
 GW_PORT = ADDR["gw_ssh_port"]
 # Host keys are always checked: every host key the lab's clients meet is pinned in known_hosts.
@@ -347,12 +346,7 @@ def test_down_leaves_nothing_and_up_recovers_from_a_crash(lab: Lab) -> None:
     assert lab.timings["down"] < 15
 
     # A run that dies without tearing down (kill -9, a crash): everything stays.
-    crash = subprocess.run(
-        [sys.executable, "-c", "import os, socket; from tests.lab.lab import Lab; "
-                               f"Lab(lock=socket.socket(fileno={lab.lock_fileno})).up(); os._exit(1)"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-        timeout=60, pass_fds=(lab.lock_fileno,))
-    assert crash.returncode == 1, crash.stderr
+    crash_a_lab(lab)
     assert leftovers(), "the crashed run left its lab"
 
     lab.up()
