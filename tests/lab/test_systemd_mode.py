@@ -1,6 +1,6 @@
 """The lab's opt-in systemd mode: natpi, gw and gwpi boot systemd with systemd-nspawn.
 
-What tests/provision/test_systemd_hosts.py relies on: systemd is PID 1 and
+What tests/provision/test_site.py relies on: systemd is PID 1 and
 running, sshd is its unit, each container is in a cgroup of its own, a reboot
 forgets what a kernel forgets and keeps the disk, and nothing stays behind.
 """
