@@ -14,6 +14,7 @@ import pytest
 
 from pi2pi.audio.jitter import FLOOD_MARGIN_MS
 from pi2pi.audio.settings import ListenSettings
+from tests.calls.handover import SharedSite
 from tests.calls.lab_call import (PORTS, directions, fab, far_picture_moves, heard, live, placed_call, provision,
                                   screen_label, shows, site_status)
 from tests.calls.sides import wait_for
@@ -28,9 +29,25 @@ LISTEN = ListenSettings()                    # the Pis' listen runs with its def
 
 
 @pytest.fixture(scope="module")
-def site(lab: Lab) -> Iterator[Lab]:
-    provision(lab)
-    yield lab
+def site(shared_site: SharedSite) -> Iterator[Lab]:
+    # The package's lab, provisioned for direct (tests/calls/conftest.py). The last test
+    # provisions tunnel, and the next module re-provisions what it needs.
+    yield shared_site.ready("direct")
+
+
+@pytest.fixture
+def natpi_address_restored(site: Lab) -> Iterator[None]:
+    """natpi back at its own address after the test moved it, the DNAT following it, as
+    the next test and module expect (the package shares one lab)."""
+    original = site.natpi_public
+    yield
+    if site.natpi_public == original:
+        return
+    site.set_natpi_public(original)
+    followed = site.run("natpi", playbook_command("playbooks/natpi_address.yml"), user="pi", check=False,
+                        timeout=300)
+    assert followed.returncode == 0, shows(followed)
+    assert site_status(site)["address"]["in_step"] is True
 
 
 def hang_up(lab: Lab) -> None:
@@ -75,7 +92,8 @@ def test_killed_programs_on_one_pi_are_noticed_and_a_new_call_recovers(site: Lab
     assert all(d["missing"] == [] and d["received"] for d in stats.values()), stats
 
 
-def test_an_address_change_mid_call_is_named_and_the_address_step_recovers(site: Lab) -> None:
+def test_an_address_change_mid_call_is_named_and_the_address_step_recovers(
+        site: Lab, natpi_address_restored: None) -> None:
     lab = site
     placed_call(lab, "--video-only")
     pictures_move(lab)

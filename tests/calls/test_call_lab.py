@@ -18,6 +18,7 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
+from tests.calls.handover import SharedSite
 from tests.calls.lab_call import (GW, PORTS, STORE, directions, fab, far_picture_moves, heard,
                                   last_call, provision, shows)
 from tests.calls.sides import wait_for
@@ -66,9 +67,10 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def site(lab: Lab) -> Iterator[Lab]:
-    provision(lab)
-    yield lab
+def site(shared_site: SharedSite) -> Iterator[Lab]:
+    # The package's lab, provisioned for direct (tests/calls/conftest.py); the tunnel test
+    # below provisions tunnel, which the later tests use, and the next module re-provisions.
+    yield shared_site.ready("direct")
 
 
 def check_call_evidence(lab: Lab, call: str, seconds: float) -> None:

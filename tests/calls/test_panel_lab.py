@@ -27,8 +27,9 @@ import pytest
 from PIL import Image
 
 from pi2pi import panel
-from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, live, provision,
-                                  screen_label, shows)
+from tests.calls.handover import SharedSite
+from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, live, screen_label,
+                                  shows)
 from tests.calls.sides import wait_for
 from tests.lab.lab import Lab, LabProcess
 from tests.video.helpers import label_at
@@ -188,8 +189,10 @@ def banner(lab: Lab, port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(lab: Lab) -> Iterator[Lab]:
-    provision(lab)   # the lab inventory turns the panel role on; the tunnel unit runs
+def site(shared_site: SharedSite) -> Iterator[Lab]:
+    # The package's lab provisioned for direct (tests/calls/conftest.py): the lab inventory
+    # turns the panel role on; the tunnel unit runs.
+    lab = shared_site.ready("direct")
     wait_for(lambda: tunnel_up(lab), 30, "the tunnel (gwpi's localhost:2345 leading to natpi's sshd)", step_s=1)
     yield lab
 

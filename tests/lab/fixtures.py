@@ -3,7 +3,8 @@
 `lab`: a fresh running lab for each test module that asks for it, always torn
 down: after the module, after a failure, on Ctrl-C or SIGTERM (the Lab also
 downs itself at interpreter exit). Tests that use it are marked `lab`, so
-`pytest -m "not lab"` leaves them out.
+`pytest -m "not lab"` leaves them out. A package may widen its scope with
+`running_lab` (tests/calls shares one provisioned lab among its modules).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def lab() -> Iterator[Lab]:
 
 
 def running_lab(**options: object) -> Iterator[Lab]:
-    """The `lab` fixture's body, for a module whose own `lab` fixture wants another
-    kind of lab (`yield from running_lab(systemd=True)`)."""
+    """A lab up for as long as the generator is suspended, then down, however it ends:
+    the `lab` fixture's body, for a module or package whose own `lab` fixture wants
+    another kind of lab (`yield from running_lab(systemd=True)`) or scope."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (network and mount namespaces, iptables): run the tests as root")
     the_lab = Lab(**options)  # type: ignore[arg-type]
@@ -49,6 +51,11 @@ def running_lab(**options: object) -> Iterator[Lab]:
         the_lab.down()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    yield from running_lab()
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -690,6 +690,11 @@ class Lab:
             time.sleep(0.05)
         _finish(proc)
 
+    def unit_running(self, host: str, unit_path: str) -> bool:
+        """Whether start_unit's loop for the unit runs (it was started and not stopped)."""
+        proc = self._units.get((host, unit_path))
+        return proc is not None and proc.poll() is None
+
     def unit_log(self, host: str, unit_path: str) -> Path:
         """Where start_unit's loop writes its output (the journal's stand-in), on the machine."""
         return self.state_dir / "hosts" / host / f"{Path(unit_path).name}.log"
