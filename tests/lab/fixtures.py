@@ -53,11 +53,6 @@ def running_lab(**options: object) -> Iterator[Lab]:
             signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    yield from running_lab()
-
-
 def pytest_collection_modifyitems(items: list) -> None:
     for item in items:
         if "lab" in getattr(item, "fixturenames", ()):
