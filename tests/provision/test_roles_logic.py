@@ -72,18 +72,54 @@ def run_with_env(argv: list, extra: dict) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 
 
+MODEL_FILTERS = {"pi0", "pi0w", "pi02", "pi1", "pi2", "pi3", "pi3+", "pi4", "pi400", "cm4", "pi5", "cm5"}
+
+
+def effective(config_txt: str, model: str) -> dict:
+    """What the firmware of a Pi of `model` reads from config.txt: a line applies unless a
+    model filter ([pi4], [cm4]) for another model stands before it, [all] ends the filter,
+    and a later line overrides an earlier one."""
+    settings, applies = {}, True
+    for line in config_txt.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            if section == "all":
+                applies = True
+            elif section in MODEL_FILTERS:
+                applies = section == model
+        elif line and not line.startswith("#") and "=" in line and applies:
+            key, value = line.split("=", 1)
+            settings[key] = value
+    return settings
+
+
+def test_the_config_txt_reading_sees_sections() -> None:
+    text = "gpu_mem=64\n[pi4]\ngpu_mem=256\nstart_x=1\n[all]\ncamera_auto_detect=0\n"
+    assert effective(text, "pi3") == {"gpu_mem": "64", "camera_auto_detect": "0"}
+    assert effective(text, "pi4") == {"gpu_mem": "256", "start_x": "1", "camera_auto_detect": "0"}
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the role's files are root's")
 @pytest.mark.parametrize("before, gpu_mem", [
-    ("# OS 11's own\ncamera_auto_detect=1\ndisplay_auto_detect=1\n[all]\n", "128"),
-    ("camera_auto_detect=1\ngpu_mem=256\n[all]\n", "256"),   # the owner's higher value stays
-    ("#start_x=0\ngpu_mem=64\n", "128"),                       # a lower one is raised
+    # OS 11's own: camera_auto_detect for all, a [pi4] section, then [all]
+    ("# OS 11's own\ncamera_auto_detect=1\ndisplay_auto_detect=1\n[pi4]\ndtoverlay=vc4-fkms-v3d\n"
+     "max_framebuffers=2\n[all]\n", {"pi3": "128", "pi4": "128"}),
+    ("camera_auto_detect=1\ngpu_mem=256\n[all]\n", {"pi3": "256", "pi4": "256"}),   # the owner's higher value stays
+    ("#start_x=0\ngpu_mem=64\n", {"pi3": "128", "pi4": "128"}),                       # a lower one is raised
+    # The file ends inside [pi4], with the owner's gpu_mem there: a line appended as it is
+    # would be the Pi 4's alone. Every model gets the camera, and no model a gpu_mem lowered.
+    ("camera_auto_detect=1\ngpu_mem=64\n[pi4]\ngpu_mem=256\n", {"pi3": "256", "pi4": "256"}),
 ])
-def test_legacy_firmware_config_is_set_once_and_gpu_mem_never_lowered(tmp_path, before, gpu_mem) -> None:
+def test_legacy_firmware_config_applies_to_every_model_once_and_gpu_mem_never_lowered(tmp_path, before,
+                                                                                       gpu_mem) -> None:
     after, (first, second) = play_camera(tmp_path, before)
-    settings = [line for line in after.splitlines() if line and not line.startswith(("#", "["))]
-    assert "start_x=1" in settings and "camera_auto_detect=0" in settings, after
-    assert "camera_auto_detect=1" not in settings, after
-    assert [s for s in settings if s.startswith("gpu_mem=")] == [f"gpu_mem={gpu_mem}"], after
+    assert after.startswith(before), after   # the owner's lines as they were, pi2pi's block after them
+    for model in ("pi3", "pi4"):
+        assert effective(before, model).get("start_x") != "1", "the case must need the role"
+        got = effective(after, model)
+        assert (got.get("start_x"), got.get("camera_auto_detect"), got.get("gpu_mem")) == \
+            ("1", "0", gpu_mem[model]), f"{model}:\n{after}"
     assert "changed=0" not in first.split("PLAY RECAP")[1]
     assert "changed=0" in second.split("PLAY RECAP")[1], second
     fact = json.loads((tmp_path / "facts" / "pi2pi_camera.fact").read_text())
