@@ -352,8 +352,20 @@ def test_a_missing_mixer_control_is_logged_not_fatal(tmp_path):
     assert "no mixer control 'NoSuchControl'" in (tmp_path / "talk.log").read_text()
 
 
+def logged(log: Path, text: str, timeout_s: float = 15.0) -> str:
+    """The first line of a program's log holding `text`, waiting for it to be written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        line = next((line for line in log.read_text().splitlines() if text in line), None)
+        if line is not None:
+            return line
+        assert time.monotonic() < deadline, f"no {text!r} in {log}:\n{log.read_text()}"
+        time.sleep(0.02)
+
+
 def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_path):
-    """gwpi's talk waits on its port; natpi's listen dials it (and retries until it answers)."""
+    """gwpi's talk waits on its port; natpi's listen dials it (and retries until it answers):
+    talk starts only once listen has logged a refused attempt, so the call comes from a retry."""
     env = harness.alsa_env(tmp_path / "alsa", harness.with_silence(tone(1.5, 350.0), RATE, 0.2, 1.5))
     port = harness.free_port()
     stats = tmp_path / "stats"
@@ -361,7 +373,7 @@ def test_talk_listens_and_listen_dials_as_natpi_does_for_the_return_stream(tmp_p
                                       "--record", str(tmp_path / "heard.wav"), "--stats", str(stats),
                                       "--duration", "30", *ROOMY], env, tmp_path / "listen.log")
     try:
-        time.sleep(1.0)   # listen is already dialing, and failing, before talk starts
+        logged(tmp_path / "listen.log", f"dial 127.0.0.1:{port}: ")   # net.dial's line for a failed attempt
         talk = harness.start("talk", ["--listen", f"127.0.0.1:{port}", "--device", "p2p_in", "--pace", "clock",
                                       "--duration", "2.5", "--stats", str(stats)], env, tmp_path / "talk.log")
         assert harness.finish(talk) == 0, (tmp_path / "talk.log").read_text()

@@ -386,9 +386,9 @@ def run_once(work: Path, link: Link, name: str, adapt: bool) -> Dict[str, Any]:
 
 
 def run_lossy(work: Path, link: Any, name: str, size: Tuple[int, int], adapt: bool,
-              extra: Sequence[str] = ()) -> Dict[str, Any]:
-    """The camera at `size` across the long, lossy link (no rate limit) for LOSSY_S."""
-    viewer, camera, stats = start_pair(work, link, name, ["--adapt" if adapt else "--no-adapt", *extra], LOSSY_S,
+              extra: Sequence[str] = (), duration_s: float = LOSSY_S) -> Dict[str, Any]:
+    """The camera at `size` across the long, lossy link (no rate limit unless the caller set one) for duration_s."""
+    viewer, camera, stats = start_pair(work, link, name, ["--adapt" if adapt else "--no-adapt", *extra], duration_s,
                                        size=size)
     try:
         wait_until("frames at the viewer", lambda: (lambda r: r if r and r.get("frames", 0) > 0 else None)(
@@ -398,11 +398,12 @@ def run_lossy(work: Path, link: Any, name: str, size: Tuple[int, int], adapt: bo
         viewer.end(5, signal.SIGTERM)
         raise
     records, cam, view, camera_log = finish_pair(viewer, camera, stats, name, work, stop=False,
-                                                 timeout_s=LOSSY_S + 30)
+                                                 timeout_s=duration_s + 30)
     result = analyse_lossy(records, size)
     result.update(name=name, adapt=adapt, size=f"{size[0]}x{size[1]}", link=link.describe,
-                  camera={k: cam.get(k) for k in ("frames", "dropped", "skipped", "adaptations", "adapt_downs",
-                                                  "adapt_ups", "adapt_size", "adapt_quality", "adapt_fps")},
+                  camera={k: cam.get(k) for k in ("frames", "dropped", "skipped", "kbps", "adapt", "adaptations",
+                                                  "adapt_downs", "adapt_ups", "adapt_size", "adapt_quality",
+                                                  "adapt_fps")},
                   moves=[line.split("INFO ", 1)[-1] for line in camera_log.splitlines() if "adapting" in line])
     return result
 

@@ -1,4 +1,5 @@
 """Endpoints, the call-token handshake, and framing over real loopback sockets."""
+import logging
 import socket
 import threading
 import time
@@ -58,7 +59,21 @@ def test_dialer_with_the_token_is_accepted_and_others_refused():
     listener.close()
 
 
-def test_dial_retries_until_the_listener_answers():
+def wait_for(condition, within_s: float, what: str):
+    """condition()'s first true value, polled until within_s has passed (then the test fails)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"no {what} within {within_s:g} s")
+
+
+def test_dial_retries_until_the_listener_answers(caplog):
+    """The listener comes up only once the dialer has failed (net.dial logs its first failed
+    attempt), and the dialer then connects: the connection can only come from a retry."""
+    caplog.set_level(logging.INFO, logger="pi2pi.net")
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -67,14 +82,23 @@ def test_dial_retries_until_the_listener_answers():
     result = []
     dialer = threading.Thread(target=lambda: result.append(net.dial("127.0.0.1", port, stop, None, "audio", net.Backoff(0.05, 0.1))))
     dialer.start()
-    threading.Event().wait(0.2)  # the dialer is failing and retrying by now
-    listener = net.Listener("127.0.0.1", port, None, "audio")
-    conn = listener.accept(stop)
-    dialer.join(5)
-    assert result and result[0] is not None and conn is not None
-    for s in (result[0], conn):
-        s.close()
-    listener.close()
+    listener = None
+    try:
+        wait_for(lambda: [r for r in list(caplog.records) if r.name == "pi2pi.net"
+                          and r.getMessage().startswith(f"dial 127.0.0.1:{port}: ")], 5, "failed attempt logged")
+        assert result == [], "dial returned after a failed attempt instead of retrying"
+        listener = net.Listener("127.0.0.1", port, None, "audio")
+        conn = wait_for(lambda: listener.poll(0.05), 5, "connection from the retrying dialer")
+        dialer.join(5)
+        assert result and result[0] is not None, result
+        assert conn.getpeername() == result[0].getsockname()   # the dialer's own connection
+        for s in (result[0], conn):
+            s.close()
+    finally:
+        stop.set()
+        dialer.join(5)
+        if listener is not None:
+            listener.close()
 
 
 def test_dial_gives_up_when_stopped():

@@ -57,10 +57,11 @@ def test_viewer_dials_a_listening_camera_into_a_small_16bpp_screen(tmp_path: Pat
     (tmp_path / "token").write_text(TOKEN)
     (tmp_path / "token").chmod(0o600)
     fb, geometry = tmp_path / "fb.raw", "440x340x16"
-    # The dialer starts first and retries until the listener answers.
+    # The dialer starts first and retries until the listener answers: the camera starts only
+    # once the viewer has logged a failed attempt (net.dial's line), so it connects on a retry.
     viewer = Program(["viewer", "--connect", f"127.0.0.1:{port}", "--fb", str(fb), "--fb-geometry", geometry,
                       "--at", "20,10", "--stats", "stats", "--token-file", "token"], tmp_path)
-    time.sleep(0.5)
+    viewer.wait_for(f"dial 127.0.0.1:{port}: ")
     camera = Program(["camera", "--listen", f"127.0.0.1:{port}", "--size", "640x480", "--fps", "25",
                       "--label", "gwpi-side", "--stats", "stats", "--token-file", "token", "--once"], tmp_path)
     viewer.wait_for("shown at scale 5/8")   # 640x480 fits 420x330 at 5/8: 400x300
