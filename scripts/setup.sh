@@ -17,6 +17,17 @@ case $kind in
     test) apt_lists=(apt-packages.txt apt-packages-test.txt apt-packages-hw.txt) requirements=requirements-test.txt ;;
     *) echo "usage: $0 [controller|test]" >&2; exit 2 ;;
 esac
+# Ansible here (ansible-core 2.19, requirements.txt) runs on Python 3.11 or later:
+# Raspberry Pi OS 12. On OS 11 (Python 3.9) pip would fail deep in the venv's
+# build; say so first, before anything is installed. PI2PI_PYTHON: for the tests.
+python=${PI2PI_PYTHON:-/usr/bin/python3}
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$(printf '%s\n' 3.11 "$version" | sort -V | head -n1)" != 3.11 ]; then
+    echo "setup: this machine's Python is $version; pi2pi's controller (Ansible, fab) needs 3.11 or later" \
+         "(Raspberry Pi OS 12 or Debian 12). A Pi on OS 11 can be gwpi, not the controller: docs/raspberry-pi.md" >&2
+    exit 1
+fi
+
 # 32-bit ARM (Raspberry Pi OS armhf): Debian's copies of what PyPI has no wheel of.
 armv7=
 if [ "$(uname -m)" = armv7l ]; then
@@ -45,7 +56,7 @@ constraints=constraints.txt
 if [ -n "$armv7" ]; then
     constraints=$(mktemp)
     trap 'rm -f "$constraints"' EXIT
-    /usr/bin/python3 - constraints.txt >"$constraints" <<'PY'
+    "$python" - constraints.txt >"$constraints" <<'PY'
 import importlib.metadata
 import re
 import sys
@@ -67,7 +78,7 @@ stamp=.venv/.pi2pi-setup-$kind
 hash=$(cat requirements*.txt constraints.txt runtime/pyproject.toml "${apt_lists[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
     echo "setup: .venv with $requirements"
-    /usr/bin/python3 -m venv --system-site-packages .venv
+    "$python" -m venv --system-site-packages .venv
     .venv/bin/pip install -q --disable-pip-version-check -r "$requirements" -c "$constraints"
     if [ "$kind" = test ]; then
         .venv/bin/pip install -q --disable-pip-version-check --no-deps -e runtime
