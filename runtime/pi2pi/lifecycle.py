@@ -11,7 +11,8 @@ its loops waits on:
   failed).
 
 The first reason given is the one recorded. When the block exits, whatever
-ended it, the stats file is written. With `live`, a snapshot of the program's
+ended it, the stats file is written; the signals stay watched until it is, so
+a second SIGTERM meanwhile (`pi2pi down` after a dead supervisor's) loses nothing. With `live`, a snapshot of the program's
 cheap counters is published while it runs (`<stats>/<program>.live.json`,
 schema `pi2pi.live/1`): at once when its state, peer or flow changes, otherwise
 every LIVE_PERIOD_S; the file is removed when the program ends (its stats file
@@ -177,7 +178,9 @@ class ProgramRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, _tb: Any) -> bool:
-        self._signals.__exit__()
+        # The signals stay watched until the stats are written: a second SIGTERM (a
+        # dead supervisor's programs get one from the kernel, then one from `pi2pi down`)
+        # must not kill the program half-way through writing them.
         if exc_type is not None and self.reason is None:
             self.reason = "interrupted" if exc_type is KeyboardInterrupt else f"error: {exc}"
         self.stop.set()
@@ -198,6 +201,7 @@ class ProgramRun:
             log.error("cannot write stats to %s: %s", self.stats_dir, err)
         if self.live is not None:
             self.live_path.unlink(missing_ok=True)
+        self._signals.__exit__()
         return False
 
     # ----- live snapshots ---------------------------------------------------------

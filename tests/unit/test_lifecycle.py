@@ -82,3 +82,49 @@ def test_signals_as_fast_as_they_come_never_stop_a_waiting_main_thread(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     loops, seen = map(int, result.stdout.split())
     assert loops > 1000 and seen > 100, result.stdout   # it kept waiting, and the signals did arrive
+
+
+SECOND_SIGNAL = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {runtime!r})
+    from pi2pi.lifecycle import ProgramRun
+
+    stats_dir = Path(sys.argv[1])
+    def snapshot():
+        # Collecting the stats takes a while: the second SIGTERM lands in the middle of it.
+        (stats_dir / "collecting").touch()
+        time.sleep(0.5)
+        return {{"frames": 7}}
+    with ProgramRun("talk", stats_dir, 0, snapshot) as run:
+        print("running", flush=True)
+        run.stop.wait(10)
+""")
+
+
+def test_a_second_sigterm_while_the_stats_are_written_does_not_lose_them(tmp_path):
+    """A dead supervisor's programs get SIGTERM from the kernel, then another from `pi2pi down`
+    (clear_dead) while they are still writing their stats: those must still be written."""
+    import json
+    import os
+    import signal
+    import time
+    script = tmp_path / "second.py"
+    script.write_text(SECOND_SIGNAL.format(runtime=str(RUNTIME)))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (tmp_path / "collecting").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the stats were never collected"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)   # the second one, half-way through
+        assert proc.wait(TIMEOUT_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    record = json.loads((tmp_path / "talk.json").read_text())
+    assert record["reason"] == "signal SIGTERM" and record["frames"] == 7, record
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
