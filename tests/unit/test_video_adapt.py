@@ -355,6 +355,41 @@ def test_old_samples_go_once_newer_ones_fill_the_filter() -> None:
     assert gauge.bps(6.0) == pytest.approx(1448 / 0.0245)
 
 
+def test_frames_too_small_to_measure_give_no_sample() -> None:
+    # The long path limited to 248 kbit/s (tests/video/test_long_path.py): 112x80 frames of
+    # 1450-1495 bytes, each acknowledged whole 15-30 ms after min_rtt, read 1-24 kbit/s, and
+    # once they filled the filter the camera went down to 3.75 fps for good.
+    link = 31_000.0   # bytes per second: 248 kbit/s
+
+    def run(sample_segments: int) -> LinkRate:
+        stream = Stream(min_rtt=0.16)
+        stream.gauge.SAMPLE_SEGMENTS = sample_segments
+        for k in range(12):   # 320x240 frames of four segments, at the link's pace
+            stream.frame(k * 0.2, 4, lambda seg: 0.16 + (seg + 1) * 1448 / link)
+        for k in range(40):   # then 112x80 ones: a segment and 21 bytes, acknowledged 20 ms late
+            at = 2.4 + k / FPS
+            stream.run_to(at)
+            start, stream.sent = stream.sent, stream.sent + 1448 + 21
+            stream.gauge.sending(at, start, stream.sent)
+            stream.acks.append((at + 0.16 + 0.02, stream.sent))
+        stream.run_to(2.4 + 40 / FPS + 0.3)
+        return stream.gauge
+
+    gauge = run(LinkRate.SAMPLE_SEGMENTS)
+    assert gauge.taken == 12                                  # the small frames gave none
+    assert gauge.bps(gauge.samples[-1][0] + 3.0) == pytest.approx(link, rel=0.1)
+    # A frame that leaves a whole segment to measure still gives one (two segments, acknowledged whole).
+    two = LinkRate(1448, warm_samples=1)
+    two.sending(0.0, 0, 2896)
+    two.look(0.001, 0, 2896, TcpInfo(0.16, 0))
+    two.look(0.16 + 0.047, 2896, 0, TcpInfo(0.16, 0))
+    assert two.taken == 1 and two.bps(0.3) == pytest.approx(link, rel=0.1)
+    # The positive control: taking the small frames' samples, the reading falls to a tenth of the link.
+    control = run(0)
+    assert control.taken == 12 + 40
+    assert control.bps(control.samples[-1][0]) < link / 10
+
+
 def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:
     def sent(rate: float, frames: int = 120) -> List[int]:
         gate = adapt.FrameGate(FPS)

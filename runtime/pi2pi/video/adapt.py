@@ -59,11 +59,15 @@ The policy (`Adapter.step`, once per frame, without sockets or clocks of its own
 What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
 climbs and loads it; then the drain reads true, the camera moves back down, and
-the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame of one
-or two segments says little (its first segment is not counted, see LinkRate),
-so at the smallest rungs the reading errs low. It reads the link, not TCP's
-congestion window: on a long, lossy path TCP may carry less than the link
-(about 1 Mbit/s at 160 ms and 1 % loss), and frames then wait on the in-flight
+the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame that
+leaves less than a segment to measure gives no sample (see LinkRate): 320x240's
+smallest rungs (112x80, about one segment a frame) leave the reading where the
+last larger frames put it, so the camera neither falls nor climbs on their
+account: a link that slows further meanwhile is met by the in-flight budget
+(fewer frames), and one that recovers is not seen (the camera stays where the
+last reading put it). It reads the link, not TCP's congestion window: on a
+long, lossy path TCP may carry less than the link (about 1 Mbit/s at 160 ms
+and 1 % loss), and frames then wait on the in-flight
 budget (camera.py), which lets about two frames be unacknowledged whatever the
 round trip: on such a path the frame rate is the budget's, with or without
 adapting. The benchmark's links are tbf with a one-packet bucket, and a
@@ -316,8 +320,17 @@ class LinkRate:
       a round trip, and whatever a token bucket let through at once, and says
       nothing about the rate). A frame acknowledged whole between two looks: its
       bytes but one segment over its time since the hand-over less the path's
-      round trip (tcp_info's min_rtt), at least FLOOR_S; a frame of one segment
-      gives none.
+      round trip (tcp_info's min_rtt), at least FLOOR_S.
+    - Less than SAMPLE_SEGMENTS segments to measure gives no sample: a frame
+      of under two segments acknowledged whole, or the tail of one whose first
+      acknowledgement came late in it. Its time is that of its last segment,
+      a few bytes on the wire, plus whatever held up an acknowledgement: on the
+      long path (tests/video/test_long_path.py) limited to 248 kbit/s, 112x80
+      frames of 1450-1495 bytes were acknowledged whole 15-30 ms after min_rtt
+      (frames of one segment: 2.3 ms, median), so their 2-47 bytes read 1-24
+      kbit/s, under a tenth of the link; once they filled the filter the
+      camera went down to 3.75 fps for good. Frames leaving two to five
+      segments to measure read 178-248 kbit/s there.
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
       nothing about the link's rate. "During" starts at the hand-over: a frame
@@ -355,6 +368,7 @@ class LinkRate:
     WINDOW_S = 2.0
     KEEP = 8            # samples kept however old: a stream of few frames keeps its evidence
     LOADED_SEGMENTS = 4
+    SAMPLE_SEGMENTS = 1  # a frame's sample measures at least this many segments' bytes
 
     def __init__(self, segment: int = 1448, warm_samples: int = WARM_SAMPLES) -> None:
         self.segment = segment                               # the connection's TCP segment (MSS)
@@ -432,8 +446,8 @@ class LinkRate:
         self.draining = None
         if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
             return   # TCP repaired a loss meanwhile: the wait was the repair, not the link
-        if nbytes <= 0:
-            return   # a frame of one segment says nothing
+        if nbytes < self.SAMPLE_SEGMENTS * self.segment:
+            return   # too little to measure: its time is a held-up acknowledgement's, not the link's
         rate = nbytes / max(seconds, self.FLOOR_S)
         if loaded:
             self._outrank(rate)
