@@ -318,19 +318,26 @@ class LinkRate:
       acknowledgement inside it to the look that saw it all acknowledged, over
       the time between the two (what came before that first acknowledgement took
       a round trip, and whatever a token bucket let through at once, and says
-      nothing about the rate). A frame acknowledged whole between two looks: its
+      nothing about the rate). The bytes count to that last acknowledgement,
+      with the next frame's it covers too, as its time includes them: on a
+      loaded link the receiver acknowledges every second segment, so a frame's
+      end mostly comes acknowledged with the next frame's start (the long path
+      limited to 248 kbit/s, 239 of it payload: its 320x240 frames read 182-243
+      kbit/s, median 210, counted to their own end; 234-243 counted to the
+      acknowledgement). A frame acknowledged whole between two looks: its
       bytes but one segment over its time since the hand-over less the path's
       round trip (tcp_info's min_rtt), at least FLOOR_S.
-    - Less than SAMPLE_SEGMENTS segments to measure gives no sample: a frame
-      of under two segments acknowledged whole, or the tail of one whose first
-      acknowledgement came late in it. Its time is that of its last segment,
-      a few bytes on the wire, plus whatever held up an acknowledgement: on the
+    - Less than SAMPLE_SEGMENTS segments of its own to measure gives no
+      sample: a frame of under two segments acknowledged whole, or the tail of
+      one whose first acknowledgement came late in it. Its time is that of its
+      last segment, a few bytes on the wire, plus whatever held up an
+      acknowledgement: on the
       long path (tests/video/test_long_path.py) limited to 248 kbit/s, 112x80
       frames of 1450-1495 bytes were acknowledged whole 15-30 ms after min_rtt
       (frames of one segment: 2.3 ms, median), so their 2-47 bytes read 1-24
       kbit/s, under a tenth of the link; once they filled the filter the
       camera went down to 3.75 fps for good. Frames leaving two to five
-      segments to measure read 178-248 kbit/s there.
+      segments to measure read 178-248 kbit/s there (counted to their end).
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
       nothing about the link's rate. "During" starts at the hand-over: a frame
@@ -404,16 +411,18 @@ class LinkRate:
                     return
                 # Acknowledged whole at once: its bytes but the first segment (a token bucket's) took
                 # at most its time since the hand-over less the path's round trip.
-                self._finished(now, frame.end - frame.start - self.segment,
-                               now - frame.sent_at - self.min_rtt_s, frame, loaded=False)
+                own = frame.end - frame.start - self.segment
+                self._finished(now, own, own, now - frame.sent_at - self.min_rtt_s, frame, loaded=False)
                 continue
             if acked < frame.end:
                 self._drain(now, acked, frame)
                 return
+            # Its bytes up to the acknowledgement that covered its end: on a loaded link that one
+            # often covers the next frame's first bytes too (delayed ACKs), which took its time.
             since, acked_then = frame.first
             seconds = now - since
-            self._finished(now, frame.end - acked_then, seconds, frame,
-                           loaded=self.loaded(seconds, frame.end - acked_then))
+            self._finished(now, acked - acked_then, frame.end - acked_then, seconds, frame,
+                           loaded=self.loaded(seconds, acked - acked_then))
 
     def loaded(self, seconds: float, nbytes: float) -> bool:
         """Whether one frame's acknowledgements came steadily enough for its reading to outrank the
@@ -441,12 +450,14 @@ class LinkRate:
             self.draining = (acked - acked_then) / span
             self._outrank(self.draining)
 
-    def _finished(self, now: float, nbytes: float, seconds: float, frame: SentFrame, loaded: bool) -> None:
+    def _finished(self, now: float, nbytes: float, own: float, seconds: float, frame: SentFrame,
+                  loaded: bool) -> None:
+        """A frame is all acknowledged: nbytes in `seconds` is its sample, `own` of them its own."""
         self.frames.popleft()
         self.draining = None
         if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
             return   # TCP repaired a loss meanwhile: the wait was the repair, not the link
-        if nbytes < self.SAMPLE_SEGMENTS * self.segment:
+        if own < self.SAMPLE_SEGMENTS * self.segment:
             return   # too little to measure: its time is a held-up acknowledgement's, not the link's
         rate = nbytes / max(seconds, self.FLOOR_S)
         if loaded:
