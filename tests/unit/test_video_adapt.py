@@ -427,6 +427,26 @@ def test_a_frame_counts_the_bytes_up_to_the_acknowledgement_that_covered_its_end
     assert own[len(own) // 2] < 0.9 * link
 
 
+def test_a_late_acknowledgement_counts_at_most_two_segments_of_the_next_frame() -> None:
+    # Reordering: a frame of four segments is acknowledged to its first, then a hole fills and one
+    # acknowledgement covers the rest of it and ten segments of the next frame, which had arrived
+    # meanwhile (some maybe before the first acknowledgement): only two of those count.
+    link, seg = 31_000.0, 1448
+
+    def first_sample(ack_segments: int) -> float:
+        gauge = LinkRate(seg, warm_samples=1)
+        gauge.ACK_SEGMENTS = ack_segments
+        gauge.sending(0.0, 0, 4 * seg)
+        gauge.sending(0.01, 4 * seg, 14 * seg)
+        gauge.look(0.16, seg, 13 * seg, TcpInfo(0.16, 0))
+        gauge.look(0.16 + 3 * seg / link, 14 * seg, 0, TcpInfo(0.16, 0))
+        return gauge.samples[0][1]
+
+    assert first_sample(LinkRate.ACK_SEGMENTS) == pytest.approx(5 / 3 * link)
+    # The positive control: counted to the acknowledgement, the frame reads over four times the link.
+    assert first_sample(10**6) == pytest.approx(13 / 3 * link)
+
+
 def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:
     def sent(rate: float, frames: int = 120) -> List[int]:
         gate = adapt.FrameGate(FPS)

@@ -324,7 +324,9 @@ class LinkRate:
       end mostly comes acknowledged with the next frame's start (the long path
       limited to 248 kbit/s, 239 of it payload: its 320x240 frames read 182-243
       kbit/s, median 210, counted to their own end; 234-243 counted to the
-      acknowledgement). A frame acknowledged whole between two looks: its
+      acknowledgement). At most ACK_SEGMENTS of the next frame's: more came
+      with a late acknowledgement (a hole filled after reordering), and may
+      have arrived before the first one. A frame acknowledged whole between two looks: its
       bytes but one segment over its time since the hand-over less the path's
       round trip (tcp_info's min_rtt), at least FLOOR_S.
     - Less than SAMPLE_SEGMENTS segments of its own to measure gives no
@@ -376,6 +378,7 @@ class LinkRate:
     KEEP = 8            # samples kept however old: a stream of few frames keeps its evidence
     LOADED_SEGMENTS = 4
     SAMPLE_SEGMENTS = 1  # a frame's sample measures at least this many segments' bytes
+    ACK_SEGMENTS = 2     # a frame's sample counts at most this many beyond its end (what a delayed ACK covers)
 
     def __init__(self, segment: int = 1448, warm_samples: int = WARM_SAMPLES) -> None:
         self.segment = segment                               # the connection's TCP segment (MSS)
@@ -419,10 +422,13 @@ class LinkRate:
                 return
             # Its bytes up to the acknowledgement that covered its end: on a loaded link that one
             # often covers the next frame's first bytes too (delayed ACKs), which took its time.
+            # At most ACK_SEGMENTS beyond its end: more came with a late acknowledgement (a hole
+            # filled after reordering), and may have arrived before the first one: they would read fast.
             since, acked_then = frame.first
             seconds = now - since
-            self._finished(now, acked - acked_then, frame.end - acked_then, seconds, frame,
-                           loaded=self.loaded(seconds, acked - acked_then))
+            counted = min(acked, frame.end + self.ACK_SEGMENTS * self.segment) - acked_then
+            self._finished(now, counted, frame.end - acked_then, seconds, frame,
+                           loaded=self.loaded(seconds, counted))
 
     def loaded(self, seconds: float, nbytes: float) -> bool:
         """Whether one frame's acknowledgements came steadily enough for its reading to outrank the
