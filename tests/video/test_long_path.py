@@ -19,9 +19,10 @@ this path, so "never adapted down" is not a gauge that never reads anything.
 And it must read the limited link for what it is, not a thirteenth of it: the
 camera ends at the full frame rate (not on a frame-rate rung) and the viewer
 paints at least the bench's bar for a limited link (BARS fps_fraction_limited,
-0.8) of it. Before the gauge left out frames too small to measure, the 112x80
-frames' samples read 13-19 kbit/s on this ~248 kbit/s link, and the camera
-ended at 3.75 fps (fps_fraction 0.45-0.52, 5 runs of 5).
+0.8) of it. Before the gauge left out frames too small to measure (and
+counted a frame's bytes up to the acknowledgement that covered its end), it
+read 13-19 kbit/s from the 112x80 frames on this ~248 kbit/s link, and the
+camera ended at 3.75 fps (fps_fraction 0.45-0.52, 5 runs of 5).
 """
 from __future__ import annotations
 
