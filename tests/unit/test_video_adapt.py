@@ -404,9 +404,9 @@ def test_a_frame_counts_the_bytes_up_to_the_acknowledgement_that_covered_its_end
             self.frames_done: List[Tuple[SentFrame, float]] = []
 
         def _finished(self, now: float, nbytes: float, own: float, seconds: float, frame: SentFrame,
-                      loaded: bool) -> None:
+                      loaded: bool) -> bool:
             self.frames_done.append((frame, seconds))
-            super()._finished(now, nbytes, own, seconds, frame, loaded)
+            return super()._finished(now, nbytes, own, seconds, frame, loaded)
 
     gauge = Recording()
     frames = 20
@@ -425,6 +425,46 @@ def test_a_frame_counts_the_bytes_up_to_the_acknowledgement_that_covered_its_end
     # The positive control: the same frames' own bytes over the same times read low.
     own = sorted((f.end - f.first[1]) / s for f, s in gauge.frames_done if f.first is not None and s > 0)
     assert own[len(own) // 2] < 0.9 * link
+
+
+def small_frames(link: float, carry: bool = True, size: int = 2100, frames: int = 45) -> LinkRate:
+    """Frames of `size` bytes (a segment and a part) handed over at 15 fps across a link of
+    `link` bytes per second and a 160 ms round trip, each segment acknowledged as it arrives."""
+    gauge = LinkRate(1448)
+    if not carry:
+        gauge._carry = lambda now, frame: None   # type: ignore[assignment]
+    acks: List[Tuple[float, int]] = []
+    free_at, at = 0.0, 0
+    for k in range(frames):
+        for length in (1448, size - 1448):
+            free_at = max(free_at, k / FPS) + length / link
+            at += length
+            acks.append((free_at + 0.16, at))
+    t, sent = 0.0, 0
+    while t < frames / FPS + 1.0:
+        if sent < frames * size and t >= sent // size / FPS:
+            gauge.sending(t, sent, sent + size)
+            sent += size
+        acked = max((b for when, b in acks if when <= t), default=0)
+        gauge.look(t, acked, sent - acked, TcpInfo(0.16, 0))
+        t += 0.002
+    return gauge
+
+
+def test_small_frames_queued_behind_each_other_are_measured_together() -> None:
+    # A rung whose frames leave under a segment to measure (160x120 from 320x240: about 2100
+    # bytes) on a link slower than it: frames queue behind each other, and measured together
+    # they read the link, so the camera can see that the rung is too much.
+    link = 30_000.0   # the frames need 31.5 kB/s
+    gauge = small_frames(link)
+    assert gauge.taken >= adapt.WARM_SAMPLES
+    assert gauge.bps(gauge.samples[-1][0]) == pytest.approx(link, rel=0.05)
+    # Not queued (a link twice the stream), the same frames are not measured together: the idle
+    # time between them is not the link's.
+    assert small_frames(2 * 31_500.0).taken == 0
+    # The positive control: not measured together, the slow link's small frames give no reading.
+    control = small_frames(link, carry=False)
+    assert control.taken == 0 and control.bps(control.samples[-1][0] if control.samples else 5.0) is None
 
 
 def test_a_late_acknowledgement_counts_at_most_two_segments_of_the_next_frame() -> None:

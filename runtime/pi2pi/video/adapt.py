@@ -60,12 +60,13 @@ What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
 climbs and loads it; then the drain reads true, the camera moves back down, and
 the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame that
-leaves less than a segment to measure gives no sample (see LinkRate): 320x240's
-smallest rungs (112x80, about one segment a frame) leave the reading where the
-last larger frames put it, so the camera neither falls nor climbs on their
-account: a link that slows further meanwhile is met by the in-flight budget
-(fewer frames), and one that recovers is not seen (the camera stays where the
-last reading put it). It reads the link, not TCP's congestion window: on a
+leaves less than a segment to measure gives no sample of its own (see
+LinkRate): on a link with room for them, 320x240's smallest rungs (112x80,
+about one segment a frame) leave the reading where the last larger frames put
+it, so the camera neither falls nor climbs on their account, and a link that
+recovers is not seen (the camera stays where the last reading put it). On a
+link too slow for them such frames queue behind each other, and are measured
+together. It reads the link, not TCP's congestion window: on a
 long, lossy path TCP may carry less than the link (about 1 Mbit/s at 160 ms
 and 1 % loss), and frames then wait on the in-flight
 budget (camera.py), which lets about two frames be unacknowledged whatever the
@@ -340,6 +341,15 @@ class LinkRate:
       kbit/s, under a tenth of the link; once they filled the filter the
       camera went down to 3.75 fps for good. Frames leaving two to five
       segments to measure read 178-248 kbit/s there (counted to their end).
+      But a frame too small that the next one was queued behind (handed over
+      at least min_rtt before the acknowledgement that completed this one:
+      over an idle link its first byte would have arrived before this one's
+      last did) passes its start on: the next is measured from there, the
+      two together, and so on. On a link slower than such a rung the frames
+      queue, and the camera sees it is too much. An acknowledgement held back
+      a frame interval or more would pass for a queue (the long path's were
+      held 15-30 ms, a 15 fps interval is 67 ms: no small frame of its 104 at
+      112x80 was measured with the next).
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
       nothing about the link's rate. "During" starts at the hand-over: a frame
@@ -415,7 +425,8 @@ class LinkRate:
                 # Acknowledged whole at once: its bytes but the first segment (a token bucket's) took
                 # at most its time since the hand-over less the path's round trip.
                 own = frame.end - frame.start - self.segment
-                self._finished(now, own, own, now - frame.sent_at - self.min_rtt_s, frame, loaded=False)
+                if not self._finished(now, own, own, now - frame.sent_at - self.min_rtt_s, frame, loaded=False):
+                    self._carry(now, frame)
                 continue
             if acked < frame.end:
                 self._drain(now, acked, frame)
@@ -427,8 +438,9 @@ class LinkRate:
             since, acked_then = frame.first
             seconds = now - since
             counted = min(acked, frame.end + self.ACK_SEGMENTS * self.segment) - acked_then
-            self._finished(now, counted, frame.end - acked_then, seconds, frame,
-                           loaded=self.loaded(seconds, counted))
+            if not self._finished(now, counted, frame.end - acked_then, seconds, frame,
+                                  loaded=self.loaded(seconds, counted)):
+                self._carry(now, frame)
 
     def loaded(self, seconds: float, nbytes: float) -> bool:
         """Whether one frame's acknowledgements came steadily enough for its reading to outrank the
@@ -457,19 +469,31 @@ class LinkRate:
             self._outrank(self.draining)
 
     def _finished(self, now: float, nbytes: float, own: float, seconds: float, frame: SentFrame,
-                  loaded: bool) -> None:
-        """A frame is all acknowledged: nbytes in `seconds` is its sample, `own` of them its own."""
+                  loaded: bool) -> bool:
+        """A frame is all acknowledged: nbytes in `seconds` is its sample, `own` of them its own.
+        False if it was too small to measure (and not waiting on a repair)."""
         self.frames.popleft()
         self.draining = None
         if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
-            return   # TCP repaired a loss meanwhile: the wait was the repair, not the link
+            return True   # TCP repaired a loss meanwhile: the wait was the repair, not the link
         if own < self.SAMPLE_SEGMENTS * self.segment:
-            return   # too little to measure: its time is a held-up acknowledgement's, not the link's
+            return False  # too little to measure: its time is a held-up acknowledgement's, not the link's
         rate = nbytes / max(seconds, self.FLOOR_S)
         if loaded:
             self._outrank(rate)
         self.samples.append((now, rate))
         self.taken += 1
+        return True
+
+    def _carry(self, now: float, frame: SentFrame) -> None:
+        """A frame too small to measure: if the next one was queued behind it (handed over at least
+        a round trip before this acknowledgement, so over an idle link its first byte would have
+        arrived before this frame's last did), the next is measured from where this one was."""
+        if not self.frames or self.min_rtt_s <= 0 or frame.first is None:
+            return
+        nxt = self.frames[0]
+        if nxt.first is None and nxt.sent_at <= now - self.min_rtt_s:
+            nxt.first, nxt.last_advance, nxt.seen = frame.first, now, frame.seen
 
     def _outrank(self, rate: float) -> None:
         """A loaded reading: the faster samples before it are from a link that has since slowed."""
