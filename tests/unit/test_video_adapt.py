@@ -10,7 +10,7 @@ import turbojpeg
 
 from pi2pi.net import TcpInfo
 from pi2pi.video import adapt
-from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung
+from pi2pi.video.adapt import Adapter, LinkRate, Measurements, Rung, SentFrame
 
 FPS = 15.0
 
@@ -353,6 +353,138 @@ def test_old_samples_go_once_newer_ones_fill_the_filter() -> None:
         gauge.look(t + 0.0245, at + 2896, 0)
         at += 2896
     assert gauge.bps(6.0) == pytest.approx(1448 / 0.0245)
+
+
+def test_frames_too_small_to_measure_give_no_sample() -> None:
+    # The long path limited to 248 kbit/s (tests/video/test_long_path.py): 112x80 frames of
+    # 1450-1495 bytes, each acknowledged whole 15-30 ms after min_rtt, read 1-24 kbit/s, and
+    # once they filled the filter the camera went down to 3.75 fps for good.
+    link = 31_000.0   # bytes per second: 248 kbit/s
+
+    def run(sample_segments: int) -> LinkRate:
+        stream = Stream(min_rtt=0.16)
+        stream.gauge.SAMPLE_SEGMENTS = sample_segments
+        for k in range(12):   # 320x240 frames of four segments, at the link's pace
+            stream.frame(k * 0.2, 4, lambda seg: 0.16 + (seg + 1) * 1448 / link)
+        for k in range(40):   # then 112x80 ones: a segment and 21 bytes, acknowledged 20 ms late
+            at = 2.4 + k / FPS
+            stream.run_to(at)
+            start, stream.sent = stream.sent, stream.sent + 1448 + 21
+            stream.gauge.sending(at, start, stream.sent)
+            stream.acks.append((at + 0.16 + 0.02, stream.sent))
+        stream.run_to(2.4 + 40 / FPS + 0.3)
+        return stream.gauge
+
+    gauge = run(LinkRate.SAMPLE_SEGMENTS)
+    assert gauge.taken == 12                                  # the small frames gave none
+    assert gauge.bps(gauge.samples[-1][0] + 3.0) == pytest.approx(link, rel=0.1)
+    # A frame that leaves a whole segment to measure still gives one (two segments, acknowledged whole).
+    two = LinkRate(1448, warm_samples=1)
+    two.sending(0.0, 0, 2896)
+    two.look(0.001, 0, 2896, TcpInfo(0.16, 0))
+    two.look(0.16 + 0.047, 2896, 0, TcpInfo(0.16, 0))
+    assert two.taken == 1 and two.bps(0.3) == pytest.approx(link, rel=0.1)
+    # The positive control: taking the small frames' samples, the reading falls to a tenth of the link.
+    control = run(0)
+    assert control.taken == 12 + 40
+    assert control.bps(control.samples[-1][0]) < link / 10
+
+
+def test_a_frame_counts_the_bytes_up_to_the_acknowledgement_that_covered_its_end() -> None:
+    # A loaded link, frames of 6700 bytes (the long path's 320x240 frames) queued back to back:
+    # TCP cuts the stream into segments across frame boundaries and the receiver acknowledges
+    # every second segment, so a frame's end comes acknowledged with up to two segments of the
+    # next frame, in the same time. Counted to its own end, such a frame read low: the long
+    # path at 248 kbit/s (239 of payload) read 182-243 kbit/s, median 210.
+    link, size, seg = 31_000.0, 6700, 1448
+
+    class Recording(LinkRate):
+        def __init__(self) -> None:
+            super().__init__(seg)
+            self.frames_done: List[Tuple[SentFrame, float]] = []
+
+        def _finished(self, now: float, nbytes: float, own: float, seconds: float, frame: SentFrame,
+                      loaded: bool) -> bool:
+            self.frames_done.append((frame, seconds))
+            return super()._finished(now, nbytes, own, seconds, frame, loaded)
+
+    gauge = Recording()
+    frames = 20
+    acks = [(0.16 + (2 * i) * seg / link, 2 * i * seg) for i in range(1, frames * size // (2 * seg) + 1)]
+    t, sent = 0.0, 0
+    while t < frames * size / link + 0.3:
+        if sent < frames * size and t >= sent / link:   # handed over as the link drains the last
+            gauge.sending(t, sent, sent + size)
+            sent += size
+        acked = min(sent, max((b for when, b in acks if when <= t), default=0))
+        gauge.look(t, acked, sent - acked, TcpInfo(0.16, 0))
+        t += 0.002
+    assert gauge.taken >= frames - 3
+    assert all(r == pytest.approx(link, rel=0.05) for _, r in gauge.samples)
+    assert gauge.bps(t) == pytest.approx(link, rel=0.05)
+    # The positive control: the same frames' own bytes over the same times read low.
+    own = sorted((f.end - f.first[1]) / s for f, s in gauge.frames_done if f.first is not None and s > 0)
+    assert own[len(own) // 2] < 0.9 * link
+
+
+def small_frames(link: float, carry: bool = True, size: int = 2100, frames: int = 45) -> LinkRate:
+    """Frames of `size` bytes (a segment and a part) handed over at 15 fps across a link of
+    `link` bytes per second and a 160 ms round trip, each segment acknowledged as it arrives."""
+    gauge = LinkRate(1448)
+    if not carry:
+        gauge._carry = lambda now, frame: None   # type: ignore[assignment]
+    acks: List[Tuple[float, int]] = []
+    free_at, at = 0.0, 0
+    for k in range(frames):
+        for length in (1448, size - 1448):
+            free_at = max(free_at, k / FPS) + length / link
+            at += length
+            acks.append((free_at + 0.16, at))
+    t, sent = 0.0, 0
+    while t < frames / FPS + 1.0:
+        if sent < frames * size and t >= sent // size / FPS:
+            gauge.sending(t, sent, sent + size)
+            sent += size
+        acked = max((b for when, b in acks if when <= t), default=0)
+        gauge.look(t, acked, sent - acked, TcpInfo(0.16, 0))
+        t += 0.002
+    return gauge
+
+
+def test_small_frames_queued_behind_each_other_are_measured_together() -> None:
+    # A rung whose frames leave under a segment to measure (160x120 from 320x240: about 2100
+    # bytes) on a link slower than it: frames queue behind each other, and measured together
+    # they read the link, so the camera can see that the rung is too much.
+    link = 30_000.0   # the frames need 31.5 kB/s
+    gauge = small_frames(link)
+    assert gauge.taken >= adapt.WARM_SAMPLES
+    assert gauge.bps(gauge.samples[-1][0]) == pytest.approx(link, rel=0.05)
+    # Not queued (a link twice the stream), the same frames are not measured together: the idle
+    # time between them is not the link's.
+    assert small_frames(2 * 31_500.0).taken == 0
+    # The positive control: not measured together, the slow link's small frames give no reading.
+    control = small_frames(link, carry=False)
+    assert control.taken == 0 and control.bps(control.samples[-1][0] if control.samples else 5.0) is None
+
+
+def test_a_late_acknowledgement_counts_at_most_two_segments_of_the_next_frame() -> None:
+    # Reordering: a frame of four segments is acknowledged to its first, then a hole fills and one
+    # acknowledgement covers the rest of it and ten segments of the next frame, which had arrived
+    # meanwhile (some maybe before the first acknowledgement): only two of those count.
+    link, seg = 31_000.0, 1448
+
+    def first_sample(ack_segments: int) -> float:
+        gauge = LinkRate(seg, warm_samples=1)
+        gauge.ACK_SEGMENTS = ack_segments
+        gauge.sending(0.0, 0, 4 * seg)
+        gauge.sending(0.01, 4 * seg, 14 * seg)
+        gauge.look(0.16, seg, 13 * seg, TcpInfo(0.16, 0))
+        gauge.look(0.16 + 3 * seg / link, 14 * seg, 0, TcpInfo(0.16, 0))
+        return gauge.samples[0][1]
+
+    assert first_sample(LinkRate.ACK_SEGMENTS) == pytest.approx(5 / 3 * link)
+    # The positive control: counted to the acknowledgement, the frame reads over four times the link.
+    assert first_sample(10**6) == pytest.approx(13 / 3 * link)
 
 
 def test_the_frame_gate_spreads_a_share_of_the_frames_evenly() -> None:

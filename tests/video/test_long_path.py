@@ -16,6 +16,13 @@ The positive control: the same path, limited to a third of the stream the run
 measured, must make the camera adapt down, and the same figures must show it
 (a move down in the camera's stats, full_fraction under 1.0): the gauge reads
 this path, so "never adapted down" is not a gauge that never reads anything.
+And it must read the limited link for what it is, not a thirteenth of it: the
+camera ends at the full frame rate (not on a frame-rate rung) and the viewer
+paints at least the bench's bar for a limited link (BARS fps_fraction_limited,
+0.8) of it. Before the gauge left out frames too small to measure (and
+counted a frame's bytes up to the acknowledgement that covered its end), it
+read 13-19 kbit/s from the 112x80 frames on this ~248 kbit/s link, and the
+camera ended at 3.75 fps (fps_fraction 0.45-0.52, 5 runs of 5).
 """
 from __future__ import annotations
 
@@ -50,3 +57,6 @@ def test_a_long_path_with_room_to_spare_is_not_taken_for_a_slow_link(tmp_path: P
     # Positive control: on this path a link that is slow is seen, and these figures show the move.
     assert control["camera"]["adapt_downs"] >= 1, control
     assert control["full_fraction"] < 1.0, control
+    # ... and read for what it is: smaller frames, not fewer.
+    assert control["camera"]["adapt_fps"] == bench.FPS, control
+    assert control["fps_fraction"] >= bench.BARS["fps_fraction_limited"], control

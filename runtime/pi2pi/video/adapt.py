@@ -59,11 +59,16 @@ The policy (`Adapter.step`, once per frame, without sockets or clocks of its own
 What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
 climbs and loads it; then the drain reads true, the camera moves back down, and
-the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame of one
-or two segments says little (its first segment is not counted, see LinkRate),
-so at the smallest rungs the reading errs low. It reads the link, not TCP's
-congestion window: on a long, lossy path TCP may carry less than the link
-(about 1 Mbit/s at 160 ms and 1 % loss), and frames then wait on the in-flight
+the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame that
+leaves less than a segment to measure gives no sample of its own (see
+LinkRate): on a link with room for them, 320x240's smallest rungs (112x80,
+about one segment a frame) leave the reading where the last larger frames put
+it, so the camera neither falls nor climbs on their account, and a link that
+recovers is not seen (the camera stays where the last reading put it). On a
+link too slow for them such frames queue behind each other, and are measured
+together. It reads the link, not TCP's congestion window: on a
+long, lossy path TCP may carry less than the link (about 1 Mbit/s at 160 ms
+and 1 % loss), and frames then wait on the in-flight
 budget (camera.py), which lets about two frames be unacknowledged whatever the
 round trip: on such a path the frame rate is the budget's, with or without
 adapting. The benchmark's links are tbf with a one-packet bucket, and a
@@ -314,10 +319,37 @@ class LinkRate:
       acknowledgement inside it to the look that saw it all acknowledged, over
       the time between the two (what came before that first acknowledgement took
       a round trip, and whatever a token bucket let through at once, and says
-      nothing about the rate). A frame acknowledged whole between two looks: its
+      nothing about the rate). The bytes count to that last acknowledgement,
+      with the next frame's it covers too, as its time includes them: on a
+      loaded link the receiver acknowledges every second segment, so a frame's
+      end mostly comes acknowledged with the next frame's start (the long path
+      limited to 248 kbit/s, 239 of it payload: its 320x240 frames read 182-243
+      kbit/s, median 210, counted to their own end; 234-243 counted to the
+      acknowledgement). At most ACK_SEGMENTS of the next frame's: more came
+      with a late acknowledgement (a hole filled after reordering), and may
+      have arrived before the first one. A frame acknowledged whole between two looks: its
       bytes but one segment over its time since the hand-over less the path's
-      round trip (tcp_info's min_rtt), at least FLOOR_S; a frame of one segment
-      gives none.
+      round trip (tcp_info's min_rtt), at least FLOOR_S.
+    - Less than SAMPLE_SEGMENTS segments of its own to measure gives no
+      sample: a frame of under two segments acknowledged whole, or the tail of
+      one whose first acknowledgement came late in it. Its time is that of its
+      last segment, a few bytes on the wire, plus whatever held up an
+      acknowledgement: on the
+      long path (tests/video/test_long_path.py) limited to 248 kbit/s, 112x80
+      frames of 1450-1495 bytes were acknowledged whole 15-30 ms after min_rtt
+      (frames of one segment: 2.3 ms, median), so their 2-47 bytes read 1-24
+      kbit/s, under a tenth of the link; once they filled the filter the
+      camera went down to 3.75 fps for good. Frames leaving two to five
+      segments to measure read 178-248 kbit/s there (counted to their end).
+      But a frame too small that the next one was queued behind (handed over
+      at least min_rtt before the acknowledgement that completed this one:
+      over an idle link its first byte would have arrived before this one's
+      last did) passes its start on: the next is measured from there, the
+      two together, and so on. On a link slower than such a rung the frames
+      queue, and the camera sees it is too much. An acknowledgement held back
+      a frame interval or more would pass for a queue (the long path's were
+      held 15-30 ms, a 15 fps interval is 67 ms: no small frame of its 104 at
+      112x80 was measured with the next).
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
       nothing about the link's rate. "During" starts at the hand-over: a frame
@@ -355,6 +387,8 @@ class LinkRate:
     WINDOW_S = 2.0
     KEEP = 8            # samples kept however old: a stream of few frames keeps its evidence
     LOADED_SEGMENTS = 4
+    SAMPLE_SEGMENTS = 1  # a frame's sample measures at least this many segments' bytes
+    ACK_SEGMENTS = 2     # a frame's sample counts at most this many beyond its end (what a delayed ACK covers)
 
     def __init__(self, segment: int = 1448, warm_samples: int = WARM_SAMPLES) -> None:
         self.segment = segment                               # the connection's TCP segment (MSS)
@@ -390,16 +424,23 @@ class LinkRate:
                     return
                 # Acknowledged whole at once: its bytes but the first segment (a token bucket's) took
                 # at most its time since the hand-over less the path's round trip.
-                self._finished(now, frame.end - frame.start - self.segment,
-                               now - frame.sent_at - self.min_rtt_s, frame, loaded=False)
+                own = frame.end - frame.start - self.segment
+                if not self._finished(now, own, own, now - frame.sent_at - self.min_rtt_s, frame, loaded=False):
+                    self._carry(now, frame)
                 continue
             if acked < frame.end:
                 self._drain(now, acked, frame)
                 return
+            # Its bytes up to the acknowledgement that covered its end: on a loaded link that one
+            # often covers the next frame's first bytes too (delayed ACKs), which took its time.
+            # At most ACK_SEGMENTS beyond its end: more came with a late acknowledgement (a hole
+            # filled after reordering), and may have arrived before the first one: they would read fast.
             since, acked_then = frame.first
             seconds = now - since
-            self._finished(now, frame.end - acked_then, seconds, frame,
-                           loaded=self.loaded(seconds, frame.end - acked_then))
+            counted = min(acked, frame.end + self.ACK_SEGMENTS * self.segment) - acked_then
+            if not self._finished(now, counted, frame.end - acked_then, seconds, frame,
+                                  loaded=self.loaded(seconds, counted)):
+                self._carry(now, frame)
 
     def loaded(self, seconds: float, nbytes: float) -> bool:
         """Whether one frame's acknowledgements came steadily enough for its reading to outrank the
@@ -427,18 +468,32 @@ class LinkRate:
             self.draining = (acked - acked_then) / span
             self._outrank(self.draining)
 
-    def _finished(self, now: float, nbytes: float, seconds: float, frame: SentFrame, loaded: bool) -> None:
+    def _finished(self, now: float, nbytes: float, own: float, seconds: float, frame: SentFrame,
+                  loaded: bool) -> bool:
+        """A frame is all acknowledged: nbytes in `seconds` is its sample, `own` of them its own.
+        False if it was too small to measure (and not waiting on a repair)."""
         self.frames.popleft()
         self.draining = None
         if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
-            return   # TCP repaired a loss meanwhile: the wait was the repair, not the link
-        if nbytes <= 0:
-            return   # a frame of one segment says nothing
+            return True   # TCP repaired a loss meanwhile: the wait was the repair, not the link
+        if own < self.SAMPLE_SEGMENTS * self.segment:
+            return False  # too little to measure: its time is a held-up acknowledgement's, not the link's
         rate = nbytes / max(seconds, self.FLOOR_S)
         if loaded:
             self._outrank(rate)
         self.samples.append((now, rate))
         self.taken += 1
+        return True
+
+    def _carry(self, now: float, frame: SentFrame) -> None:
+        """A frame too small to measure: if the next one was queued behind it (handed over at least
+        a round trip before this acknowledgement, so over an idle link its first byte would have
+        arrived before this frame's last did), the next is measured from where this one was."""
+        if not self.frames or self.min_rtt_s <= 0 or frame.first is None:
+            return
+        nxt = self.frames[0]
+        if nxt.first is None and nxt.sent_at <= now - self.min_rtt_s:
+            nxt.first, nxt.last_advance, nxt.seen = frame.first, now, frame.seen
 
     def _outrank(self, rate: float) -> None:
         """A loaded reading: the faster samples before it are from a link that has since slowed."""
