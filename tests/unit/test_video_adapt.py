@@ -518,3 +518,30 @@ def test_the_scaler_takes_the_pixel_under_each_centre_and_the_jpeg_has_the_new_s
     # 4:2:2 (a YUYV camera): chroma keeps every row.
     frame422 = np.zeros(w * h * 2, np.uint8)
     assert adapt.Downscaler(w, h, False, 320, 240).scale(frame422).size == 320 * 240 * 2
+
+
+def test_small_frames_show_a_link_with_room_and_never_a_slow_one() -> None:
+    """The way back up from the smallest rungs: a frame too small to measure a slow link by is
+    taken when it reads twice the gauge or more (the link came back), never when it reads below."""
+    seg, slow = 1448, 60_000.0
+
+    def gauge_after(small_ack_delay_s: float) -> LinkRate:
+        gauge = LinkRate(seg, warm_samples=1)
+        # A reading of the slow link: a frame of five segments, acknowledged at its pace.
+        gauge.sending(0.0, 0, 5 * seg)
+        gauge.look(0.001, 0, 5 * seg, TcpInfo(0.05, 0))
+        for i in range(1, 6):
+            gauge.look(0.05 + i * seg / slow, i * seg, (5 - i) * seg, TcpInfo(0.05, 0))
+        sent, at = 5 * seg, 0.5
+        for _ in range(10):   # then frames of a segment and 400 bytes, acknowledged whole
+            gauge.sending(at, sent, sent + seg + 400)
+            gauge.look(at + 0.001, sent, seg + 400, TcpInfo(0.05, 0))
+            sent += seg + 400
+            gauge.look(at + 0.05 + small_ack_delay_s, sent, 0, TcpInfo(0.05, 0))
+            at += 1 / FPS
+        return gauge
+
+    room = gauge_after(0.001)      # over a link with room: 400 bytes in 1 ms
+    assert room.bps(2.0) > 5 * slow, room.samples
+    held = gauge_after(0.025)      # a held-up acknowledgement: 400 bytes in 25 ms reads 16 kB/s
+    assert held.bps(2.0) == pytest.approx(slow, rel=0.1), held.samples

@@ -60,13 +60,13 @@ What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
 climbs and loads it; then the drain reads true, the camera moves back down, and
 the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame that
-leaves less than a segment to measure gives no sample of its own (see
-LinkRate): on a link with room for them, 320x240's smallest rungs (112x80,
-about one segment a frame) leave the reading where the last larger frames put
-it, so the camera neither falls nor climbs on their account, and a link that
-recovers is not seen (the camera stays where the last reading put it). On a
-link too slow for them such frames queue behind each other, and are measured
-together. It reads the link, not TCP's congestion window: on a
+leaves less than a segment to measure (320x240's smallest rungs, 112x80:
+about one segment a frame) cannot show a slow link: its time is mostly a
+held-up acknowledgement's (see LinkRate). Its sample is taken only when it
+reads twice the gauge or more, which is how a link that recovers is seen from there
+(`make bench-adapt`: without it the camera stayed at 224x168 quality 30 after
+the link came back, in 3 runs of 3). On a link too slow for them such frames
+queue behind each other, and are measured together. It reads the link, not TCP's congestion window: on a
 long, lossy path TCP may carry less than the link (about 1 Mbit/s at 160 ms
 and 1 % loss), and frames then wait on the in-flight
 budget (camera.py), which lets about two frames be unacknowledged whatever the
@@ -331,7 +331,9 @@ class LinkRate:
       bytes but one segment over its time since the hand-over less the path's
       round trip (tcp_info's min_rtt), at least FLOOR_S.
     - Less than SAMPLE_SEGMENTS segments of its own to measure gives no
-      sample: a frame of under two segments acknowledged whole, or the tail of
+      sample unless it reads ROOM (2) times the gauge's reading (room shows, so the
+      camera climbs back from the smallest rungs when the link returns; a
+      slow link does not, as the next lines say why): a frame of under two segments acknowledged whole, or the tail of
       one whose first acknowledgement came late in it. Its time is that of its
       last segment, a few bytes on the wire, plus whatever held up an
       acknowledgement: on the
@@ -389,6 +391,7 @@ class LinkRate:
     LOADED_SEGMENTS = 4
     SAMPLE_SEGMENTS = 1  # a frame's sample measures at least this many segments' bytes
     ACK_SEGMENTS = 2     # a frame's sample counts at most this many beyond its end (what a delayed ACK covers)
+    ROOM = 2.0           # a frame too small to measure counts only when it reads this many times the gauge
 
     def __init__(self, segment: int = 1448, warm_samples: int = WARM_SAMPLES) -> None:
         self.segment = segment                               # the connection's TCP segment (MSS)
@@ -476,9 +479,15 @@ class LinkRate:
         self.draining = None
         if frame.repairing or (frame.retransmits is not None and frame.retransmits != self.retransmits):
             return True   # TCP repaired a loss meanwhile: the wait was the repair, not the link
-        if own < self.SAMPLE_SEGMENTS * self.segment:
-            return False  # too little to measure: its time is a held-up acknowledgement's, not the link's
         rate = nbytes / max(seconds, self.FLOOR_S)
+        if own < self.SAMPLE_SEGMENTS * self.segment:
+            # Too little to measure a slow link by (its time is a held-up acknowledgement's), but
+            # one that reads ROOM times the gauge shows room: the way back up from the smallest
+            # rungs (a link that came back reads many times the old reading; a queued one, a few
+            # per cent over it by chance).
+            reading = self.bps(now)
+            if reading is None or rate < self.ROOM * reading:
+                return False
         if loaded:
             self._outrank(rate)
         self.samples.append((now, rate))
