@@ -8,6 +8,7 @@ import pytest
 
 from pi2pi import net, wire
 from pi2pi.config import ConfigError
+from tests.calls.sides import wait_for
 
 TOKEN = b"0123456789abcdef-call-token"
 
@@ -59,17 +60,6 @@ def test_dialer_with_the_token_is_accepted_and_others_refused():
     listener.close()
 
 
-def wait_for(condition, within_s: float, what: str):
-    """condition()'s first true value, polled until within_s has passed (then the test fails)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"no {what} within {within_s:g} s")
-
-
 def test_dial_retries_until_the_listener_answers(caplog):
     """The listener comes up only once the dialer has failed (net.dial logs its first failed
     attempt), and the dialer then connects: the connection can only come from a retry."""
@@ -85,7 +75,8 @@ def test_dial_retries_until_the_listener_answers(caplog):
     listener = None
     try:
         wait_for(lambda: [r for r in list(caplog.records) if r.name == "pi2pi.net"
-                          and r.getMessage().startswith(f"dial 127.0.0.1:{port}: ")], 5, "failed attempt logged")
+                          and r.getMessage().startswith(f"dial 127.0.0.1:{port}: ")],
+                 5, "a failed attempt logged", step_s=0.01)
         assert result == [], "dial returned after a failed attempt instead of retrying"
         listener = net.Listener("127.0.0.1", port, None, "audio")
         conn = wait_for(lambda: listener.poll(0.05), 5, "connection from the retrying dialer")
