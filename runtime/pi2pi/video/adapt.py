@@ -58,21 +58,22 @@ The policy (`Adapter.step`, once per frame, without sockets or clocks of its own
 
 What the gauge cannot see: a token bucket deeper than a frame lets whole
 frames through at once, so a link shaped that way looks fast until the camera
-climbs and loads it; then the drain reads true, the camera moves back down, and
-the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame that
-leaves less than a segment to measure (320x240's smallest rungs, 112x80:
+climbs and loads it; then the drain reads true, the camera moves back down,
+and the failed-probe rule spaces such climbs out (1, 2, 4 .. 16 s). A frame
+that leaves less than a segment to measure (320x240's smallest rungs, 112x80:
 about one segment a frame) cannot show a slow link: its time is mostly a
 held-up acknowledgement's (see LinkRate). Its sample is taken only when it
-reads twice the gauge or more, which is how a link that recovers is seen from there
-(`make bench-adapt`: without it the camera stayed at 224x168 quality 30 after
-the link came back, in 3 runs of 3). On a link too slow for them such frames
-queue behind each other, and are measured together. It reads the link, not TCP's congestion window: on a
-long, lossy path TCP may carry less than the link (about 1 Mbit/s at 160 ms
-and 1 % loss), and frames then wait on the in-flight
-budget (camera.py), which lets about two frames be unacknowledged whatever the
-round trip: on such a path the frame rate is the budget's, with or without
-adapting. The benchmark's links are tbf with a one-packet bucket, and a
-forwarder that delays and drops packets as netem would (tests/bench/adapt.py).
+reads twice the gauge or more, which is how a link that recovers is seen from
+there (`make bench-adapt`: without it the camera stayed at 224x168 quality 30
+after the link came back, in 3 runs of 3). On a link too slow for them such
+frames queue behind each other, and are measured together. It reads the link,
+not TCP's congestion window: on a long, lossy path TCP may carry less than the
+link (about 1 Mbit/s at 160 ms and 1 % loss), and frames then wait on the
+in-flight budget (camera.py), which lets about two frames be unacknowledged
+whatever the round trip: on such a path the frame rate is the budget's, with
+or without adapting. The benchmark's links are tbf with a one-packet bucket,
+and a forwarder that delays and drops packets as netem would
+(tests/bench/adapt.py).
 """
 from __future__ import annotations
 
@@ -315,28 +316,29 @@ class LinkRate:
     each move down made the next reading lower (smaller frames, a smaller
     budget): the lab's lossy call fell to the bottom of the ladder in 2 s that way.
 
-    - A frame's sample: the bytes acknowledged from the first look that saw an
-      acknowledgement inside it to the look that saw it all acknowledged, over
-      the time between the two (what came before that first acknowledgement took
-      a round trip, and whatever a token bucket let through at once, and says
-      nothing about the rate). The bytes count to that last acknowledgement,
-      with the next frame's it covers too, as its time includes them: on a
-      loaded link the receiver acknowledges every second segment, so a frame's
-      end mostly comes acknowledged with the next frame's start (the long path
-      limited to 248 kbit/s, 239 of it payload: its 320x240 frames read 182-243
-      kbit/s, median 210, counted to their own end; 234-243 counted to the
-      acknowledgement). At most ACK_SEGMENTS of the next frame's: more came
-      with a late acknowledgement (a hole filled after reordering), and may
-      have arrived before the first one. A frame acknowledged whole between two looks: its
-      bytes but one segment over its time since the hand-over less the path's
-      round trip (tcp_info's min_rtt), at least FLOOR_S.
+    - A frame's sample: the bytes acknowledged from the first look that saw
+      an acknowledgement inside it to the look that saw it all acknowledged,
+      over the time between the two (what came before that first
+      acknowledgement took a round trip, and whatever a token bucket let
+      through at once, and says nothing about the rate). The bytes count to
+      that last acknowledgement, with the next frame's it covers too, as its
+      time includes them: on a loaded link the receiver acknowledges every
+      second segment, so a frame's end mostly comes acknowledged with the next
+      frame's start (the long path limited to 248 kbit/s, 239 of it payload:
+      its 320x240 frames read 182-243 kbit/s, median 210, counted to their own
+      end; 234-243 counted to the acknowledgement). At most ACK_SEGMENTS of
+      the next frame's: more came with a late acknowledgement (a hole filled
+      after reordering), and may have arrived before the first one. A frame
+      acknowledged whole between two looks: its bytes but one segment over its
+      time since the hand-over less the path's round trip (tcp_info's
+      min_rtt), at least FLOOR_S.
     - Less than SAMPLE_SEGMENTS segments of its own to measure gives no
-      sample unless it reads ROOM (2) times the gauge's reading (room shows, so the
-      camera climbs back from the smallest rungs when the link returns; a
-      slow link does not, as the next lines say why): a frame of under two segments acknowledged whole, or the tail of
-      one whose first acknowledgement came late in it. Its time is that of its
-      last segment, a few bytes on the wire, plus whatever held up an
-      acknowledgement: on the
+      sample unless it reads ROOM (2) times the gauge's reading (room shows,
+      so the camera climbs back from the smallest rungs when the link returns;
+      a slow link does not, as the next lines say why): a frame of under two
+      segments acknowledged whole, or the tail of one whose first
+      acknowledgement came late in it. Its time is that of its last segment, a
+      few bytes on the wire, plus whatever held up an acknowledgement: on the
       long path (tests/video/test_long_path.py) limited to 248 kbit/s, 112x80
       frames of 1450-1495 bytes were acknowledged whole 15-30 ms after min_rtt
       (frames of one segment: 2.3 ms, median), so their 2-47 bytes read 1-24
@@ -346,12 +348,12 @@ class LinkRate:
       But a frame too small that the next one was queued behind (handed over
       at least min_rtt before the acknowledgement that completed this one:
       over an idle link its first byte would have arrived before this one's
-      last did) passes its start on: the next is measured from there, the
-      two together, and so on. On a link slower than such a rung the frames
-      queue, and the camera sees it is too much. An acknowledgement held back
-      a frame interval or more would pass for a queue (the long path's were
-      held 15-30 ms, a 15 fps interval is 67 ms: no small frame of its 104 at
-      112x80 was measured with the next).
+      last did) passes its start on: the next is measured from there, the two
+      together, and so on. On a link slower than such a rung the frames queue,
+      and the camera sees it is too much. An acknowledgement held back a frame
+      interval or more would pass for a queue (the long path's were held 15-30
+      ms, a 15 fps interval is 67 ms: no small frame of its 104 at 112x80 was
+      measured with the next).
     - A frame during which TCP retransmitted gives no sample: its last bytes
       waited for a loss to be repaired (a round trip or a timeout), which says
       nothing about the link's rate. "During" starts at the hand-over: a frame
