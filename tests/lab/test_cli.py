@@ -15,6 +15,10 @@ from tests.lab.lab import leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The command line brings the machine's one lab up: these run with the lab's tests, not
+# beside them (scripts/test-host).
+pytestmark = pytest.mark.lab
+
 
 def cli_env() -> dict:
     # The lab belongs to this test process: another test session running at the
