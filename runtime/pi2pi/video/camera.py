@@ -19,9 +19,8 @@ camera whose peer dials again (proving the call's token) drops the connection
 it serves at once and sends to the new one (net.PeerLink). A stop request
 ends even a half-sent frame within 0.2 s (wire.send_frame, lifecycle.py).
 
-With --adapt (off by default until the lab's calls over a long, lossy link
-prove it: docs/video.md, "Adaptive quality") the sender also follows the link: before each frame
-it asks video.adapt.Adapter which quality, size and share of the frame rate to
+The sender also follows the link (--no-adapt, or adapt = no, turns it off:
+docs/video.md, "Adaptive quality"): before each frame it asks video.adapt.Adapter which quality, size and share of the frame rate to
 send at, from what it measured (the drain rate, the bytes it sent, how long the
 link held it back), so a slow link gets smaller frames instead of fewer. The
 policy is written out in adapt.py.
@@ -65,7 +64,7 @@ class Settings(config.Common):
     format: Optional[str] = None  # V4L2 pixel format (MJPG, YUYV, YU12, NV12); default: MJPEG if offered
     once: bool = False            # end when the first peer goes away (instead of waiting for the next)
     inflight: float = 1.5         # most frames the peer may leave unacknowledged (a fast link); a slow one gets less
-    adapt: bool = False           # follow the link: lower quality, then size, then frame rate (video/adapt.py)
+    adapt: bool = True            # follow the link: lower quality, then size, then frame rate (video/adapt.py)
     dct: str = "fast"             # libjpeg's forward DCT: fast or accurate (docs/video.md, "Which DCT")
 
     def validate(self) -> None:
