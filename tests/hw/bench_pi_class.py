@@ -1,20 +1,20 @@
 """Pi-class video figures (`make bench-hw`): camera and viewer in the hardware lab VM.
 
 The VM runs the code under TCG emulation, at roughly a Pi 2's speed for this
-kind of work (docs/hardware-lab.md), so its figures are the nearest to a Pi this
-machine can give. For each of the seed's 592x444 at 5 fps and 640x480 at 15 and
-30 fps: pi2pi's camera (bench-video's camera-like clip, encoded from I420 as
-from a YUV camera) → viewer (the vfb framebuffer, 32 bpp, 640x480) over
+kind of work (docs/hardware-lab.md), so its figures are the nearest to a Pi
+this machine can give. For each of the seed's 592x444 at 5 fps and 640x480 at
+15 and 30 fps: pi2pi's camera (bench-video's camera-like clip, encoded from
+I420 as from a YUV camera) → viewer (the vfb framebuffer, 32 bpp, 640x480) over
 loopback, ROUNDS times without and with --adapt, alternating (what following
-the link costs when the link has room), then GStreamer doing the same job in the same VM, paced at the same
-rate (multifilesrc ! rawvideoparse framerate ! jpegenc ! multipartmux !
-tcpclientsink sync=true → tcpserversrc ! multipartdemux ! jpegdec !
-videoconvert ! BGRx ! fakesink), each DCT as pi2pi's defaults. Figures: frames
-per second shown, and each side's CPU in % of one core over the middle of the
-run (/proc, start-up and the end left out); pi2pi's are medians with their
-range. A benchmark, not a test: it
-asserts only that everything ran. Results: out/hw/bench-pi-class.json and a
-table in the log.
+the link costs when the link has room), then GStreamer doing the same job in
+the same VM, paced at the same rate (multifilesrc ! rawvideoparse framerate !
+jpegenc ! multipartmux ! tcpclientsink sync=true → tcpserversrc !
+multipartdemux ! jpegdec ! videoconvert ! BGRx ! fakesink), each DCT as pi2pi's
+defaults. Figures: frames per second shown, and each side's CPU in % of one
+core over the middle of the run (/proc, start-up and the end left out); pi2pi's
+are medians with their range. A benchmark, not a test: it asserts only that
+everything ran. Results: bench-pi-class.json in PI2PI_HW_OUT (make bench-hw:
+out/hw-bench) and a table in the log.
 """
 from __future__ import annotations
 
