@@ -10,6 +10,8 @@ A direction pairs one side's sender with the other side's receiver:
 
 `in_flight` is what the sender sent that the receiver never read: with the
 hang-up's order (senders first, receivers drain) it is 0 on a healthy link.
+`adapt` is what a camera did to follow the link (docs/video.md, "Adaptive
+quality"): its moves and the size, quality and frame rate it ended at.
 """
 from __future__ import annotations
 
@@ -81,9 +83,30 @@ def direction(kind: str, sender_dir: Optional[Path], receiver_dir: Optional[Path
         "reconnects": {"sender": s.get("reconnects"), "receiver": r.get("reconnects")},
         "refused": {"sender": _refused(s), "receiver": _refused(r)},
         "ended": {"sender": s.get("reason"), "receiver": r.get("reason")},
+        "adapt": adapt_summary(s) if kind == "video" else None,
         "missing": missing,
     }
     return row
+
+
+def adapt_summary(camera: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What the camera did to follow the link; None from a camera that does not say."""
+    if "adapt" not in camera:
+        return None
+    return {"on": camera["adapt"], "moves": camera.get("adaptations"), "downs": camera.get("adapt_downs"),
+            "ups": camera.get("adapt_ups"), "size": camera.get("adapt_size"),
+            "quality": camera.get("adapt_quality"), "fps": camera.get("adapt_fps")}
+
+
+def adapt_line(name: str, adapt: Optional[Dict[str, Any]]) -> Optional[str]:
+    """A line under the table for a camera that moved: a picture below what was asked for shows."""
+    if not adapt or not adapt.get("moves"):
+        return None
+    kind, sender, receiver = DIRECTIONS[name]
+    ended = [adapt["size"] or "", f"quality {adapt['quality']}" if adapt.get("quality") is not None else "",
+             f"{adapt['fps']:g} fps" if adapt.get("fps") is not None else ""]
+    return (f"{kind} {sender} -> {receiver}: the camera followed the link, {adapt['moves']} moves "
+            f"({adapt['downs']} down, {adapt['ups']} up); it ended at {', '.join(e for e in ended if e)}")
 
 
 def _refused(record: Dict[str, Any]) -> Optional[int]:
@@ -159,6 +182,9 @@ def table(stats: Dict[str, Any]) -> List[str]:
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     for name, d in stats["directions"].items():
+        moved = adapt_line(name, d.get("adapt"))
+        if moved:
+            lines.append(moved)
         if d["missing"]:
             lines.append(f"{name}: missing {', '.join(d['missing'])}")
     return lines

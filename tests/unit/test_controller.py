@@ -46,8 +46,14 @@ def test_directions_pair_each_sender_with_the_far_receiver(tmp_path: Path, monke
     for host, side in (("raspberrypi", "natpi"), ("raspberrypi5", "gwpi")):
         d = tmp_path / "c1" / host
         write(d / "summary.json", {"side": side})
+        # natpi's camera followed the link down and back up; gwpi's never moved.
+        moved = {"adaptations": 3, "adapt_downs": 2, "adapt_ups": 1, "adapt_size": "224x168", "adapt_quality": 30,
+                 "adapt_fps": 15.0} if side == "natpi" else \
+            {"adaptations": 0, "adapt_downs": 0, "adapt_ups": 0, "adapt_size": "320x240", "adapt_quality": 75,
+             "adapt_fps": 15.0}
         write(d / "camera.json", {"frames": 100 if side == "natpi" else 90, "dropped": 2, "reason": "signal SIGTERM",
-                                  "reconnects": 0, "refused": 1, "unproven": 0, "duration_s": 10.0})
+                                  "reconnects": 0, "refused": 1, "unproven": 0, "duration_s": 10.0,
+                                  "adapt": True, **moved})
         write(d / "talk.json", {"packets": 500, "dropped": 0, "reason": "signal SIGTERM", "reconnects": 0})
         write(d / "listen.json", {"packets": 500, "underruns": 1, "concealed": 3, "kbps": 24.0, "dropped": 1,
                                   "reason": "signal SIGTERM", "frames_played": 499, "buffer_ms": {"mean": 60, "max": 80}})
@@ -69,6 +75,12 @@ def test_directions_pair_each_sender_with_the_far_receiver(tmp_path: Path, monke
     assert lines[0] == "call c1 (direct transport, set up in 2.5 s, hung up in 1.5 s)"
     assert any(line.startswith("video gwpi -> natpi") and "10/20/30" in line for line in lines)
     assert "video_natpi_to_gwpi: missing raspberrypi5/viewer.json" in lines
+    assert out["adapt"] == {"on": True, "moves": 3, "downs": 2, "ups": 1, "size": "224x168", "quality": 30,
+                            "fps": 15.0}
+    assert back["adapt"]["moves"] == 0 and audio["adapt"] is None
+    assert "video natpi -> gwpi: the camera followed the link, 3 moves (2 down, 1 up); it ended at 224x168, " \
+           "quality 30, 15 fps" in lines
+    assert not any(line.startswith("video gwpi -> natpi: the camera") for line in lines)   # it never moved
 
 
 def test_no_calls_or_an_unknown_call_is_a_clear_message(tmp_path: Path, monkeypatch) -> None:
