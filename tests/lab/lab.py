@@ -965,11 +965,14 @@ class Lab:
                 time.sleep(0.02)
         self._holders[host] = pid
         (self.state_dir / "hosts" / host / "holder.pid").write_text(f"{pid}\n")
-        while True:  # says nothing until systemd listens on its private socket
+        # systemctl says nothing until systemd listens on its private socket, and "offline"
+        # until systemd has made /run/systemd/system (sd_booted): a systemd that has just
+        # been exec'd as the container's PID 1 is not booting yet, to systemctl. Both: look again.
+        while True:
             result = self.run(host, ["systemctl", "is-system-running", "--wait"], check=False,
                               timeout=max(1.0, deadline - time.monotonic()))
             state = result.stdout.strip()
-            if state or time.monotonic() > deadline:
+            if state not in ("", "offline") or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
         if state != "running":
