@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import wave
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -54,13 +54,31 @@ def screen_label(lab: Lab, host: str) -> Tuple[str, int]:
     return label_at(rgb, AT, FRAME, FRAME)
 
 
+def label_or_none(read: Callable[[], Tuple[str, int]]) -> Optional[Tuple[str, int]]:
+    """read()'s name and frame number, or None while the picture has none to read: not
+    painted yet (black), or a smaller one while the camera follows a slow link."""
+    try:
+        return read()
+    except ValueError:
+        return None
+
+
+def picture_moves(read: Callable[[], Tuple[str, int]], far: str, where: str, timeout_s: float,
+                  step_s: float = 0.05) -> Tuple[int, int]:
+    """`where` shows far's name with a frame number that rises; the two numbers seen. A
+    picture with no label to read yet is waited for, like one of another host."""
+    def showing(after: int) -> Optional[Tuple[str, int]]:
+        label = label_or_none(read)
+        return label if label is not None and label[0] == far.upper() and label[1] > after else None
+
+    first = wait_for(lambda: showing(-1), timeout_s, f"{where} to show {far}'s picture", step_s)
+    later = wait_for(lambda: showing(first[1]), timeout_s, f"{far}'s frame numbers to rise in {where}", step_s)
+    return first[1], later[1]
+
+
 def far_picture_moves(lab: Lab, host: str, far: str, timeout_s: float = 15) -> Tuple[int, int]:
     """The host's screen shows far's name with a frame number that rises; the two numbers seen."""
-    first = wait_for(lambda: (lambda s: s if s[0] == far.upper() else None)(screen_label(lab, host)), timeout_s,
-                     f"{host}'s screen to show {far}'s picture")
-    later = wait_for(lambda: (lambda s: s if s[0] == far.upper() and s[1] > first[1] else None)(
-        screen_label(lab, host)), timeout_s, f"{far}'s frame numbers to rise on {host}'s screen")
-    return first[1], later[1]
+    return picture_moves(lambda: screen_label(lab, host), far, f"{host}'s screen", timeout_s)
 
 
 def placed_call(lab: Lab, *args: str) -> str:

@@ -28,8 +28,8 @@ from PIL import Image
 
 from pi2pi import panel
 from tests.calls.handover import SharedSite
-from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, live, screen_label,
-                                  shows)
+from tests.calls.lab_call import (AT, FRAME, REPO, STORE, TUNNEL_UNIT, fab, far_picture_moves, live, picture_moves,
+                                  screen_label, shows)
 from tests.calls.sides import wait_for
 from tests.lab.lab import Lab, LabProcess
 from tests.video.helpers import label_at
@@ -95,11 +95,7 @@ class Screen:
         return label_at(self.grab(), AT, FRAME, FRAME)
 
     def window_moves(self, far: str, timeout_s: float = 20) -> Tuple[int, int]:
-        first = wait_for(lambda: (lambda s: s if s[0] == far.upper() else None)(self.picture_label()), timeout_s,
-                         f"{self.host}'s panel to show {far}'s picture", step_s=0.2)
-        later = wait_for(lambda: (lambda s: s if s[0] == far.upper() and s[1] > first[1] else None)(
-            self.picture_label()), timeout_s, f"{far}'s frame numbers to rise in {self.host}'s panel", step_s=0.2)
-        return first[1], later[1]
+        return picture_moves(self.picture_label, far, f"{self.host}'s panel", timeout_s, step_s=0.2)
 
     def save(self, name: str) -> None:
         target = os.environ.get("PI2PI_SCREENSHOTS")
