@@ -64,15 +64,16 @@ def label_or_none(read: Callable[[], Tuple[str, int]]) -> Optional[Tuple[str, in
 
 
 def picture_moves(read: Callable[[], Tuple[str, int]], far: str, where: str, timeout_s: float,
-                  step_s: float = 0.05) -> Tuple[int, int]:
-    """`where` shows far's name with a frame number that rises; the two numbers seen. A
-    picture with no label to read yet is waited for, like one of another host."""
-    def showing(after: int) -> Optional[Tuple[str, int]]:
+                  step_s: float = 0.05, after: int = -1, rise: int = 1) -> Tuple[int, int]:
+    """`where` shows far's name with a frame number above `after`, then one at least `rise`
+    above that; the two numbers seen. A picture with no label to read yet is waited for,
+    like one of another host."""
+    def showing(least: int) -> Optional[Tuple[str, int]]:
         label = label_or_none(read)
-        return label if label is not None and label[0] == far.upper() and label[1] > after else None
+        return label if label is not None and label[0] == far.upper() and label[1] >= least else None
 
-    first = wait_for(lambda: showing(-1), timeout_s, f"{where} to show {far}'s picture", step_s)
-    later = wait_for(lambda: showing(first[1]), timeout_s, f"{far}'s frame numbers to rise in {where}", step_s)
+    first = wait_for(lambda: showing(after + 1), timeout_s, f"{where} to show {far}'s picture", step_s)
+    later = wait_for(lambda: showing(first[1] + rise), timeout_s, f"{far}'s frame numbers to rise in {where}", step_s)
     return first[1], later[1]
 
 

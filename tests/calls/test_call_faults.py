@@ -8,14 +8,14 @@ stats`.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List
 
 import pytest
 
 from pi2pi.audio.jitter import FLOOD_MARGIN_MS
 from pi2pi.audio.settings import ListenSettings
 from tests.calls.handover import SharedSite
-from tests.calls.lab_call import (PORTS, directions, fab, far_picture_moves, heard, label_or_none, live, placed_call,
+from tests.calls.lab_call import (PORTS, directions, fab, far_picture_moves, heard, live, picture_moves, placed_call,
                                   provision, screen_label, shows, site_status)
 from tests.calls.sides import wait_for
 from tests.lab.lab import ADDR, Lab
@@ -176,18 +176,11 @@ def media_returns_after_uplink_cut(lab: Lab, transport: str) -> None:
     shown = {host: screen_label(lab, host)[1] for host in SIDES}
     heard_packets = {host: int(live(lab, host, call, "listen").get("packets", 0)) for host in SIDES}
 
-    def moving_again(host: str) -> Tuple[int, int]:
-        # While the link comes back the camera may still send a smaller picture (it followed
-        # the cut link down): no label to read is "not yet", as a picture not moving is.
-        def number_over(least: int) -> Optional[int]:
-            label = label_or_none(lambda: screen_label(lab, host))
-            return label[1] if label is not None and label[0] == SIDES[host].upper() and label[1] >= least else None
-
-        first = wait_for(lambda: number_over(shown[host] + 1), BACK_WITHIN_S, f"a new picture on {host}'s screen")
-        return first, wait_for(lambda: number_over(first + 5), BACK_WITHIN_S, f"{host}'s picture to move again")
-
-    for host in SIDES:
-        moving_again(host)
+    # A new picture, then one 5 frames on. While the link comes back the camera may still
+    # send a smaller picture (it followed the cut link down): picture_moves waits that out.
+    for host, far in SIDES.items():
+        picture_moves(lambda: screen_label(lab, host), far, f"{host}'s screen", BACK_WITHIN_S,
+                      after=shown[host], rise=5)
         wait_for(lambda: int(live(lab, host, call, "listen").get("packets", 0)) > heard_packets[host] + 50,
                  BACK_WITHIN_S, f"{host}'s listen to receive again")
     took = time.monotonic() - back_at
